@@ -1,0 +1,1 @@
+"""The MLCM Panel dashboard (served by `panel serve app/main.py` or `mlcm app`)."""

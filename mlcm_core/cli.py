@@ -1,0 +1,161 @@
+"""The `mlcm` command line: the only place that reads argv."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+DEFAULT_STORE = Path("precomputed") / "dataset"
+DEFAULT_SOURCES = Path("..") / "shared" / "data" / "sources"
+
+
+def _shard_name(kind: str) -> str:
+    return f"{kind}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+
+
+def _open_or_create(path: Path):
+    from mlcm_core.data.store import DatasetStore
+
+    if (path / "manifest.json").exists():
+        return DatasetStore.open(path)
+    return DatasetStore.create(path)
+
+
+def _append(store_path: Path, records: list, kind: str, provenance: dict[str, str]) -> int:
+    store = _open_or_create(store_path)
+    name = store.append(records, _shard_name(kind), provenance, progress=True)
+    print(f"added {len(records)} materials to {store_path} as shard {name}")
+    return 0
+
+
+def cmd_build_default(args: argparse.Namespace) -> int:
+    from mlcm_core.data.sources.default import build_default
+
+    if (args.out / "manifest.json").exists():
+        print(f"error: {args.out} already holds a dataset; remove it first to rebuild", file=sys.stderr)
+        return 2
+    info = build_default(args.sources, args.out, progress=True)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_ingest_vasp(args: argparse.Namespace) -> int:
+    from mlcm_core.data.sources.vasp import read_vasp_dir
+
+    records = [read_vasp_dir(d) for d in args.dirs]
+    return _append(args.store, records, "vasp", {"source": "local VASP outputs", "paths": ", ".join(map(str, args.dirs))})
+
+
+def cmd_ingest_structures(args: argparse.Namespace) -> int:
+    from mlcm_core.data.sources.structure_files import read_structure_files
+
+    records = read_structure_files(args.path)
+    return _append(args.store, records, "structures", {"source": "structure files", "path": str(args.path)})
+
+
+def cmd_ingest_mp(args: argparse.Namespace) -> int:
+    from mlcm_core.data.sources.materials_project import fetch_materials
+
+    records = fetch_materials(args.ids, api_key=args.api_key or os.environ.get("MP_API_KEY"),
+                              with_dos=not args.no_dos, with_density=not args.no_density)
+    return _append(args.store, records, "mp-api", {"source": "Materials Project API (mp-api)", "ids": ", ".join(args.ids),
+                                                   "licence": "CC-BY 4.0"})
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from mlcm_core.data.store import DatasetStore
+
+    info = DatasetStore.open(args.path, verify=not args.no_verify).info()
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"materials: {info['materials']}  (shards: {info['shards']})")
+    for k, v in info["modalities"].items():
+        print(f"  {k:15s} {v}")
+    print(f"  all three       {info['all_three']}")
+    print("labels:")
+    for k, v in info["labels"].items():
+        print(f"  {k:40s} {v}")
+    print("sources: " + ", ".join(f"{k} {v}" for k, v in info["sources"].items()))
+    print("splits:  " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the dashboard on 127.0.0.1 unless --address says otherwise; origin check stays on."""
+    import subprocess
+
+    app = Path(__file__).resolve().parents[1] / "app" / "main.py"
+    origin = args.allow_websocket_origin or f"{'localhost' if args.address == '127.0.0.1' else args.address}:{args.port}"
+    cmd = [sys.executable, "-m", "panel", "serve", str(app), "--address", args.address, "--port", str(args.port),
+           "--allow-websocket-origin", origin]
+    if args.address == "127.0.0.1":
+        cmd += ["--allow-websocket-origin", f"127.0.0.1:{args.port}"]
+    if args.show:
+        cmd.append("--show")
+    print(" ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlcm", description="Multimodal Learning for Crystalline Materials")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build, ingest and inspect datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("build-default", help="build the default dataset from ../shared/data/sources")
+    p.add_argument("--sources", type=Path, default=DEFAULT_SOURCES)
+    p.add_argument("--out", type=Path, default=DEFAULT_STORE)
+    p.set_defaults(func=cmd_build_default)
+
+    p = data.add_parser("ingest-vasp", help="add VASP output folders (vasprun.xml/DOSCAR/CHGCAR)")
+    p.add_argument("dirs", type=Path, nargs="+")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.set_defaults(func=cmd_ingest_vasp)
+
+    p = data.add_parser("ingest-mp", help="add materials from the Materials Project API (needs MP_API_KEY)")
+    p.add_argument("ids", nargs="+", help="MP ids, e.g. mp-149")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--no-dos", action="store_true")
+    p.add_argument("--no-density", action="store_true")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.set_defaults(func=cmd_ingest_mp)
+
+    p = data.add_parser("ingest-structures", help="add CIF/POSCAR files (a file or a folder)")
+    p.add_argument("path", type=Path)
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.set_defaults(func=cmd_ingest_structures)
+
+    p = data.add_parser("info", help="counts per modality and label coverage")
+    p.add_argument("path", type=Path, nargs="?", default=DEFAULT_STORE)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of every file")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("app", help="serve the dashboard (127.0.0.1 by default)")
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--allow-websocket-origin", default=None)
+    p.add_argument("--show", action="store_true")
+    p.set_defaults(func=cmd_app)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mlcm_core.data.store import StoreError
+
+    try:
+        return args.func(args)
+    except (StoreError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""Run the GPAW protocol on pymatgen structures: cost estimate, worker subprocess, npz -> MaterialRecord.
+
+GPAW only imports under Debian's /usr/bin/python3, so every calculation is a subprocess running
+worker.py; this module (project interpreter) prepares the job, enforces the timeout, can cancel, and
+turns the worker's .npz into the project's MaterialRecord. Outputs live in one directory, one
+`<id>.npz` or `<id>.failed` per material, which is what makes `run_many` resumable.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlcm_core.data.conventions import DENSITY_GRID, DOS_ENERGIES
+from mlcm_core.data.record import DensityData, DOSData, MaterialRecord
+from mlcm_core.dft.protocol import PROTOCOL, DFTProtocol
+
+__all__ = [
+    "GPAW_PYTHON", "WORKER", "CostEstimate", "DFTError", "RunSummary", "missing_setups", "setup_valence",
+    "estimate_cost", "build_job", "run_worker", "record_from_npz", "compute", "run_many", "order_pool",
+    "gpaw_available",
+]
+
+GPAW_PYTHON = "/usr/bin/python3"
+WORKER = Path(__file__).with_name("worker.py")
+SOURCE = "gpaw-engine"
+# Seconds per unit of `work` (plane waves x bands x k-points x iterations), from Si/seed runs on this
+# 2-core machine with 1 thread per worker; see docs/dft.md. Order-of-magnitude, for ordering and ETAs.
+SECONDS_PER_WORK = 2.0e-7
+SECONDS_OVERHEAD = 3.0
+
+
+class DFTError(RuntimeError):
+    """A material that could not be computed (worker error, timeout, missing setups)."""
+
+
+class Cancelled(DFTError):
+    """The run was cancelled; nothing is recorded so a later run retries it."""
+
+
+# -- setups and cost ---------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def setup_valence(element: str, setup_dir: str = PROTOCOL.setup_dir) -> float | None:
+    """Valence electrons of the default PBE setup (from its XML header), None if there is no setup."""
+    path = Path(setup_dir) / f"{element}.PBE.gz"
+    if not path.exists():
+        return None
+    with gzip.open(path, "rt") as fh:
+        head = fh.read(2000)
+    match = re.search(r'<atom [^>]*valence="([0-9.]+)"', head)
+    return float(match.group(1)) if match else None
+
+
+def missing_setups(structure: Any, protocol: DFTProtocol = PROTOCOL) -> list[str]:
+    """Elements of the structure without a default PBE setup in protocol.setup_dir."""
+    return sorted({el.symbol for el in structure.composition.elements
+                   if setup_valence(el.symbol, protocol.setup_dir) is None})
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What a run will cost, known before it starts: sizes and an order-of-magnitude wall time."""
+
+    nsites: int
+    n_valence: float
+    spin: bool
+    hubbard: bool
+    kpts_scf: tuple[int, int, int]
+    kpts_dos: tuple[int, int, int]
+    nk_scf_ibz: int
+    nk_dos_ibz: int
+    n_planewaves: int
+    nbands_scf: int
+    nbands_dos: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return (f"{self.nsites} sites, {self.n_valence:g} e, spin={'yes' if self.spin else 'no'}, "
+                f"U={'yes' if self.hubbard else 'no'}, SCF k {self.kpts_scf} ({self.nk_scf_ibz} irr), "
+                f"DOS k {self.kpts_dos} ({self.nk_dos_ibz} irr), ~{self.n_planewaves} PWs, "
+                f"{self.nbands_dos} bands -> ~{_fmt_seconds(self.seconds)} on one core")
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def _n_irreducible(structure: Any, mesh: tuple[int, int, int]) -> int:
+    """Irreducible k-points as GPAW 22.8 counts them (symmetry tolerance 1e-4).
+
+    spglib without its extra time-reversal reduction matched GPAW's own count on all 139 seed cells;
+    with it, spglib undercounts non-centrosymmetric cells by ~1.6x.
+    """
+    import spglib
+
+    cell = (structure.lattice.matrix, structure.frac_coords, [site.specie.Z for site in structure])
+    try:
+        mapping, _ = spglib.get_ir_reciprocal_mesh(list(mesh), cell, is_shift=[0, 0, 0],
+                                                   is_time_reversal=False, symprec=1e-3)
+        return len(set(mapping.tolist()))
+    except Exception:  # spglib failure: assume no symmetry beyond k = -k
+        return math.ceil(int(np.prod(mesh)) / 2)
+
+
+def estimate_cost(structure: Any, protocol: DFTProtocol = PROTOCOL) -> CostEstimate:
+    """Cost from sizes: plane waves x bands x irreducible k-points x iterations, x2 when spin-polarised.
+
+    Uses the worker's own free-electron band count (all bands treated as valence-like), so the estimate
+    grows with volume and electron count the way the real run does.
+    """
+    from mlcm_core.dft.worker import BOHR_A, HARTREE_EV
+
+    symbols = [site.specie.symbol for site in structure]
+    cell = structure.lattice.matrix
+    missing = missing_setups(structure, protocol)
+    if missing:
+        raise DFTError(f"no PBE setup for {missing}")
+    n_val = float(sum(setup_valence(s, protocol.setup_dir) or 0.0 for s in symbols))
+    kscf, kdos = protocol.kpts_scf(cell), protocol.kpts_dos(cell)
+    nks, nkd = _n_irreducible(structure, kscf), _n_irreducible(structure, kdos)
+    vol = structure.volume / BOHR_A**3
+    npw = int(vol * (2 * protocol.ecut_ev / HARTREE_EV) ** 1.5 / (6 * math.pi**2))
+    ef0 = 0.5 * (3 * math.pi**2 * n_val / vol) ** (2 / 3)
+    kmax = math.sqrt(2 * (ef0 + protocol.band_margin_ev / HARTREE_EV))
+    nb_dos = int(math.ceil(1.2 * vol * kmax**3 / (6 * math.pi**2))) + 4
+    nb_dos += max(4, math.ceil(0.1 * nb_dos))
+    nb_scf = int(math.ceil(0.6 * n_val)) + 4
+    spin = protocol.spin_polarized(symbols)
+
+    def work(nk: int, nb: int, iters: int) -> float:
+        return nk * nb * npw * (1 + nb / 64) * iters
+
+    seconds = SECONDS_OVERHEAD + SECONDS_PER_WORK * (2 if spin else 1) * (work(nks, nb_scf, 20) + work(nkd, nb_dos, 12))
+    return CostEstimate(len(symbols), n_val, spin, protocol.uses_hubbard(symbols), kscf, kdos, nks, nkd,
+                        npw, nb_scf, nb_dos, float(seconds))
+
+
+def order_pool(structures: dict[str, Any], max_sites: int = 10,
+               protocol: DFTProtocol = PROTOCOL) -> list[tuple[str, CostEstimate]]:
+    """Eligible pool (≤ max_sites, ordered, every element with a PBE setup), cheapest first."""
+    pool = []
+    for mid, st in structures.items():
+        if len(st) > max_sites or not st.is_ordered or missing_setups(st, protocol):
+            continue
+        pool.append((mid, estimate_cost(st, protocol)))
+    return sorted(pool, key=lambda item: (item[1].seconds, item[0]))
+
+
+# -- running ---------------------------------------------------------------------------------------
+def build_job(structure: Any, out_path: str | Path, protocol: DFTProtocol = PROTOCOL,
+              material_id: str = "", log_path: str | Path | None = None) -> dict[str, Any]:
+    """The JSON job the worker reads: geometry, protocol dict and the per-material spin/U choices."""
+    symbols = [site.specie.symbol for site in structure]
+    return {
+        "id": material_id, "cell": structure.lattice.matrix.tolist(), "symbols": symbols,
+        "frac": structure.frac_coords.tolist(), "protocol": protocol.to_dict(),
+        "setups": protocol.setups(symbols), "magmoms": protocol.magmoms(symbols),
+        "out": str(out_path), "log": str(log_path) if log_path else None,
+    }
+
+
+def gpaw_available(python: str = GPAW_PYTHON) -> str | None:
+    """None when `python` imports gpaw, else the reason (used by tests to skip with a clear message)."""
+    if not Path(python).exists():
+        return f"{python} not found"
+    proc = subprocess.run([python, "-c", "import gpaw, ase; print(gpaw.__version__)"], capture_output=True,
+                          text=True, env=_worker_env(1), timeout=120)
+    return None if proc.returncode == 0 else f"{python} cannot import gpaw: {proc.stderr.strip()[-300:]}"
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def run_worker(job: dict[str, Any], timeout: float | None = None, cancel: threading.Event | None = None,
+               python: str = GPAW_PYTHON) -> Path:
+    """Run worker.py on `job` in its own process group; kill the group on timeout or cancel.
+
+    Raises DFTError (with the worker's stderr tail) on failure or timeout, Cancelled on cancel.
+    """
+    threads = int(job["protocol"].get("threads", 1))
+    timeout = timeout or float(job["protocol"].get("timeout_s", PROTOCOL.timeout_s))
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([python, str(WORKER), "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=err, env=_worker_env(threads), start_new_session=True)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(job).encode())
+        proc.stdin.close()
+        start, reason = time.monotonic(), None
+        while proc.poll() is None:
+            if cancel is not None and cancel.is_set():
+                reason = "cancelled"
+            elif time.monotonic() - start > timeout:
+                reason = f"timeout after {timeout:.0f} s"
+            if reason:
+                _kill_group(proc)
+                break
+            time.sleep(0.2)
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if reason == "cancelled":
+        raise Cancelled(job.get("id", ""))
+    if reason:
+        raise DFTError(f"{reason}\n{stderr[-4000:]}")
+    if proc.returncode != 0 or not Path(job["out"]).exists():
+        raise DFTError(f"worker exit code {proc.returncode}\n{stderr[-8000:]}")
+    return Path(job["out"])
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the worker's own process group (it was started with start_new_session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def record_from_npz(path: str | Path, material_id: str, structure: Any = None, source: str = SOURCE,
+                    protocol: DFTProtocol | None = None) -> MaterialRecord:
+    """MaterialRecord from a worker (or seed) npz: gap/energy/magmom labels, DOS and pseudo density."""
+    z = np.load(path)
+    if not np.allclose(z["energy_grid"], DOS_ENERGIES):
+        raise DFTError(f"{path}: energy grid differs from DOS_ENERGIES")
+    if protocol is None:
+        protocol = DFTProtocol.from_dict(json.loads(str(z["protocol"]))) if "protocol" in z.files else PROTOCOL
+    symbols = [site.specie.symbol for site in structure] if structure is not None else None
+    theory = protocol.theory(symbols)
+    gap = float(z["band_gap"])
+    gap = gap if gap > protocol.gap_threshold_ev else 0.0  # the seed kept sub-threshold gaps (1e-5 eV)
+    labels = {"band_gap_gpaw_pbe": gap, "total_energy_gpaw_pbe": float(z["total_energy"])}
+    if "magmom" in z.files:
+        labels["magmom_gpaw_pbe"] = float(z["magmom"])
+    dos = DOSData(total=z["dos"], reference="vbm" if gap > protocol.gap_threshold_ev else "efermi",
+                  theory=theory, broadening=f"Gaussian sigma {protocol.dos_sigma_ev:g} eV", band_gap=gap,
+                  spin=z["dos_spin"] if "dos_spin" in z.files else None)
+    grid = z["charge_density"]
+    if grid.shape != (DENSITY_GRID,) * 3:
+        raise DFTError(f"{path}: density grid {grid.shape}")
+    density = DensityData(grid=grid, units="e/Å^3", theory=theory,
+                          convention="GPAW smooth pseudo valence density (incl. smooth core, no PAW "
+                                     "compensation), Fourier-resampled to 32³ fractional grid",
+                          integral=float(z["pseudo_integral"]))
+    prov = {k: (z[k].tolist() if z[k].ndim else z[k].item()) for k in
+            ("kpts_scf", "kpts_dos", "nbands", "band_top_min", "seconds", "n_valence") if k in z.files}
+    prov["file"] = Path(path).name
+    formula = structure.composition.reduced_formula if structure is not None else None
+    return MaterialRecord(id=material_id, source=source, structure=structure, labels=labels, dos=dos,
+                          density=density, provenance=f"{theory}; " + json.dumps(prov), formula=formula)
+
+
+def compute(structure: Any, material_id: str, out_dir: str | Path, protocol: DFTProtocol = PROTOCOL,
+            timeout: float | None = None, cancel: threading.Event | None = None) -> MaterialRecord:
+    """One material end to end; reuses `<id>.npz` in out_dir if it is already there."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    npz = out_dir / f"{material_id}.npz"
+    if not npz.exists():
+        missing = missing_setups(structure, protocol)
+        if missing:
+            raise DFTError(f"no PBE setup for {missing}")
+        job = build_job(structure, npz, protocol, material_id, out_dir / "logs" / f"{material_id}.txt")
+        (out_dir / "logs").mkdir(exist_ok=True)
+        run_worker(job, timeout, cancel)
+    return record_from_npz(npz, material_id, structure, protocol=protocol)
+
+
+@dataclass
+class RunSummary:
+    """Ids by outcome of one run_many call (skipped = already had an .npz or .failed)."""
+
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
+def _write_failed(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_many(structures: dict[str, Any], out_dir: str | Path, workers: int = 1, timeout: float | None = None,
+             protocol: DFTProtocol = PROTOCOL, cancel: threading.Event | None = None,
+             progress: bool = True) -> RunSummary:
+    """Compute many materials cheapest first, resumably; failures become `<id>.failed` (traceback).
+
+    The tqdm bar counts estimated seconds, so its ETA accounts for materials getting dearer down the list.
+    Ctrl-C (or `cancel.set()`) kills running workers and records nothing for them.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    cancel = cancel or threading.Event()
+    summary = RunSummary()
+    todo: list[tuple[str, float]] = []
+    for mid, st in structures.items():
+        if any((out_dir / n).exists() for n in (f"{mid}.npz", f"{mid}.failed", f"{mid}.npz.failed")):
+            summary.skipped.append(mid)
+            continue
+        try:
+            todo.append((mid, estimate_cost(st, protocol).seconds))
+        except DFTError as exc:
+            _write_failed(out_dir / f"{mid}.failed", f"DFTError: {exc}\n")
+            summary.failed.append(mid)
+    todo.sort(key=lambda t: t[1])
+
+    def one(mid: str) -> None:
+        if cancel.is_set():
+            raise Cancelled(mid)
+        job = build_job(structures[mid], out_dir / f"{mid}.npz", protocol, mid, out_dir / "logs" / f"{mid}.txt")
+        run_worker(job, timeout, cancel)
+
+    bar = tqdm(total=round(sum(t for _, t in todo)), unit="est-s", disable=not progress, smoothing=0.1)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        futures = {pool.submit(one, mid): (mid, est) for mid, est in todo}
+        for fut in as_completed(futures):
+            mid, est = futures[fut]
+            try:
+                fut.result()
+                summary.done.append(mid)
+            except Cancelled:
+                summary.cancelled.append(mid)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded, the batch goes on
+                _write_failed(out_dir / f"{mid}.failed", f"{type(exc).__name__}: {exc}\n")
+                summary.failed.append(mid)
+            bar.update(round(est))
+            bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    finally:
+        cancel_pending = cancel.is_set()
+        pool.shutdown(wait=True, cancel_futures=cancel_pending)
+        bar.close()
+    return summary

@@ -1,0 +1,236 @@
+#!/usr/bin/python3
+"""GPAW worker: one material, SCF then a non-self-consistent DOS run, written as one .npz.
+
+Runs under Debian's /usr/bin/python3 (GPAW 22.8, ASE 3.22), never under the project interpreter, so it
+imports only the standard library, numpy, ase and gpaw (the last two inside `run`, so the project can
+import the pure helpers below for tests). Usage: `/usr/bin/python3 worker.py JOB.json` or `... -` (stdin).
+
+Job keys: id, cell [3x3 Å], symbols, frac, protocol (DFTProtocol.to_dict()), setups ({el: ':d,U'}),
+magmoms (list or null), out (npz path), log (GPAW text log path or null).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+HARTREE_EV = 27.211386024367243
+BOHR_A = 0.52917721067
+
+
+# -- pure helpers (no GPAW) ----------------------------------------------------------------------
+def mp_kpts(cell: np.ndarray, density: float, kmax: int | None = None) -> list[int]:
+    """Same rule as protocol.mp_kpts (ASE kptdensity2monkhorstpack, even=False), capped at kmax."""
+    recip = np.linalg.inv(np.asarray(cell, dtype=float)).T
+    sizes = [max(1, int(math.ceil(2 * math.pi * float(np.linalg.norm(b)) * density))) for b in recip]
+    return [min(k, kmax) for k in sizes] if kmax else sizes
+
+
+def fourier_resample(grid: np.ndarray, n: int) -> np.ndarray:
+    """Periodic Fourier resampling of a 3-D grid to n³, identical to scipy.signal.resample per axis.
+
+    Keeps the mean (hence the integral) exactly; the project's conventions.resample_density does the same.
+    """
+    out = np.asarray(grid, dtype=float)
+    for axis in range(3):
+        nx = out.shape[axis]
+        if nx == n:
+            continue
+        spec = np.fft.rfft(out, axis=axis)
+        m = min(n, nx)
+        spec = np.take(spec, np.arange(m // 2 + 1), axis=axis)
+        if m % 2 == 0:
+            idx = [slice(None)] * 3
+            idx[axis] = m // 2
+            spec[tuple(idx)] *= 2.0 if n < nx else 0.5
+        out = np.fft.irfft(spec * (n / nx), n=n, axis=axis)
+    return out
+
+
+def fermi_level(eps_skn: np.ndarray, w_k: np.ndarray, n_electrons: float, width: float) -> float:
+    """Fermi-Dirac chemical potential (eV) by bisection; robust where GPAW's own search can overflow."""
+    occ = 2.0 if eps_skn.shape[0] == 1 else 1.0
+
+    def count(mu: float) -> float:
+        x = np.clip((eps_skn - mu) / width, -200.0, 200.0)
+        return float(occ * np.einsum("k,skn->", w_k, 1.0 / (np.exp(x) + 1.0)))
+
+    lo, hi = float(eps_skn.min()) - 1.0, float(eps_skn.max()) + 1.0
+    if count(hi) < n_electrons - 1e-6:
+        raise RuntimeError("not enough bands to hold the valence electrons")
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if count(mid) < n_electrons else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def band_edges(eps_skn: np.ndarray, efermi: float) -> tuple[float, float, float]:
+    """(gap, VBM, CBM) from eigenvalues: metal (gap 0) if any band has states on both sides of E_F.
+
+    The band-index test avoids reading a spurious gap between k-points of a coarse mesh in a metal.
+    """
+    crossing = (eps_skn.min(axis=1) < efermi) & (eps_skn.max(axis=1) > efermi)
+    below, above = eps_skn[eps_skn <= efermi], eps_skn[eps_skn > efermi]
+    vbm = float(below.max()) if below.size else efermi
+    cbm = float(above.min()) if above.size else efermi
+    if crossing.any() or not below.size or not above.size:
+        return 0.0, vbm, cbm
+    return max(cbm - vbm, 0.0), vbm, cbm
+
+
+def gaussian_dos(eps_skn: np.ndarray, w_k: np.ndarray, energies: np.ndarray, sigma: float) -> np.ndarray:
+    """(nspins, npts) DOS in states/eV per cell; a non-spin run counts each band twice."""
+    occ = 2.0 if eps_skn.shape[0] == 1 else 1.0
+    out = np.zeros((eps_skn.shape[0], len(energies)))
+    norm = occ / (sigma * math.sqrt(2 * math.pi))
+    for s in range(eps_skn.shape[0]):
+        for k, w in enumerate(w_k):
+            x = (energies[:, None] - eps_skn[s, k][None, :]) / sigma
+            out[s] += w * norm * np.exp(-0.5 * x * x).sum(axis=1)
+    return out
+
+
+def estimate_nbands(eps_skn: np.ndarray, efermi: float, n_valence: float, volume_a3: float,
+                    margin_ev: float) -> int:
+    """Bands per spin needed to reach E_F + margin at every k-point (free-electron count + 20 % + 4).
+
+    Bands wholly 20 eV below E_F (semicore) are counted as such and kept out of the free-electron gas.
+    """
+    deep = int(np.sum(eps_skn[0].max(axis=0) < efermi - 20.0))
+    n_rest = max(n_valence - 2 * deep, 1.0)
+    vol = volume_a3 / BOHR_A**3
+    ef0 = 0.5 * (3 * math.pi**2 * n_rest / vol) ** (2 / 3)  # Ha
+    k = math.sqrt(2 * (ef0 + margin_ev / HARTREE_EV))
+    states = vol * k**3 / (6 * math.pi**2)
+    return deep + int(math.ceil(1.2 * states)) + 4
+
+
+def more_bands(eps_skn: np.ndarray, target_ev: float, nbands: int) -> int:
+    """Next band count when the top band falls short of target: E^(3/2) scaling from the band bottom."""
+    bottom = float(eps_skn[:, :, 0].min())
+    top = float(eps_skn[:, :, -1].min())
+    ratio = ((target_ev - bottom) / max(top - bottom, 1e-3)) ** 1.5
+    return int(math.ceil(nbands * max(ratio, 1.0) * 1.15)) + 4
+
+
+def write_npz_atomic(path: str, arrays: dict[str, Any]) -> None:
+    """Compressed npz via temp file + os.replace, so a reader never sees a half-written result."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# -- the GPAW run --------------------------------------------------------------------------------
+def _eigenvalues(calc: Any, nbands: int) -> tuple[np.ndarray, np.ndarray]:
+    nk = len(calc.get_ibz_k_points())
+    eps = np.array([[calc.get_eigenvalues(kpt=k, spin=s)[:nbands] for k in range(nk)]
+                    for s in range(calc.get_number_of_spins())])
+    return eps, np.asarray(calc.get_k_point_weights(), dtype=float)
+
+
+def run(job: dict[str, Any]) -> dict[str, Any]:
+    """SCF, pseudo density, non-SCF DOS with a band-coverage check; returns the npz arrays."""
+    from ase import Atoms
+    from gpaw import GPAW, PW, __version__ as gpaw_version
+
+    p = job["protocol"]
+    t0 = time.time()
+    atoms = Atoms(job["symbols"], scaled_positions=job["frac"], cell=job["cell"], pbc=True)
+    spin = job.get("magmoms") is not None
+    if spin:
+        atoms.set_initial_magnetic_moments(job["magmoms"])
+    log = job.get("log") or None
+    kscf = mp_kpts(atoms.cell[:], p["kpt_density_scf"])
+    kdos = mp_kpts(atoms.cell[:], p["kpt_density_dos"], p["kpt_max_dos"])
+    symmetry = {"tolerance": p["symmetry_tolerance"]}
+    calc = GPAW(mode=PW(p["ecut_ev"]), xc=p["xc"], kpts={"size": kscf, "gamma": True},
+                occupations={"name": p["occupations"], "width": p["smearing_ev"]},
+                setups=job.get("setups") or "paw", spinpol=spin, maxiter=p["scf_maxiter"],
+                symmetry=symmetry,
+                convergence={"energy": p["scf_energy_tol_ev"], "density": p["scf_density_tol"]},
+                txt=log)
+    atoms.calc = calc
+    energy = float(atoms.get_potential_energy())
+    t_scf = time.time() - t0
+    n_valence = float(calc.get_number_of_electrons())
+    magmom = float(calc.get_magnetic_moment()) if spin else 0.0
+    nt = np.asarray(calc.get_pseudo_density(), dtype=float)  # e/Å³, spins summed, smooth (no PAW compensation)
+    volume = float(atoms.get_volume())
+    pseudo_integral = float(nt.mean() * volume)
+    density = fourier_resample(nt, int(p["density_grid"]))
+
+    eps_scf, _ = _eigenvalues(calc, calc.get_number_of_bands())
+    nconv = estimate_nbands(eps_scf, float(calc.get_fermi_level()), n_valence, volume, p["band_margin_ev"])
+    energies_rel = np.linspace(p["dos_emin_ev"], p["dos_emax_ev"], int(p["dos_npoints"]))
+    t1 = time.time()
+    retries = 0
+    while True:
+        buffer = max(4, int(math.ceil(0.1 * nconv)))
+        dcalc = calc.fixed_density(nbands=nconv + buffer, kpts={"size": kdos, "gamma": True},
+                                   symmetry=symmetry if p["dos_symmetry"] == "irreducible" else "off",
+                                   convergence={"bands": nconv, "eigenstates": p["dos_eigenstates_tol"]},
+                                   maxiter=p["dos_maxiter"],
+                                   txt=(log + f".dos{retries}") if log else None)
+        eps, w_k = _eigenvalues(dcalc, nconv)
+        efermi = fermi_level(eps, w_k, n_valence, p["smearing_ev"])
+        gap, vbm, cbm = band_edges(eps, efermi)
+        gapped = gap > p["gap_threshold_ev"]
+        ref = vbm if gapped else efermi
+        top = float(eps[:, :, -1].min() - ref)
+        if top >= p["band_margin_ev"] or retries >= p["band_retries"]:
+            break
+        nconv = more_bands(eps, ref + p["band_margin_ev"] + 0.5, nconv)
+        retries += 1
+    assert top >= p["band_margin_ev"], f"highest band reaches only E_ref{top:+.2f} eV with {nconv} bands"
+    t_dos = time.time() - t1
+    dos_s = gaussian_dos(eps, w_k, energies_rel + ref, p["dos_sigma_ev"])
+    try:
+        efermi_gpaw = float(dcalc.get_fermi_level())
+    except Exception:  # GPAW's search can fail where the bisection does not
+        efermi_gpaw = float("nan")
+    out: dict[str, Any] = {
+        "energy_grid": energies_rel, "dos": dos_s.sum(axis=0).astype(np.float32),
+        "charge_density": density.astype(np.float32), "pseudo_integral": pseudo_integral,
+        "total_energy": energy, "fermi_level": efermi, "fermi_level_gpaw": efermi_gpaw,
+        "fermi_level_scf": float(calc.get_fermi_level()), "reference_energy": ref,
+        "reference": "vbm" if gapped else "efermi", "band_gap": gap if gapped else 0.0, "band_gap_raw": gap,
+        "vbm": vbm, "cbm": cbm, "magmom": magmom, "spin_polarized": spin, "n_valence": n_valence,
+        "kpts_scf": np.array(kscf), "kpts_dos": np.array(kdos),
+        "nk_scf_ibz": len(calc.get_ibz_k_points()), "nk_dos_ibz": len(w_k),
+        "nbands": nconv, "nbands_needed": int(np.sum(eps.min(axis=(0, 1)) < ref + p["band_margin_ev"])) + 1,
+        "nbands_total": nconv + buffer, "band_top_min": top, "band_retries": retries,
+        "seconds_scf": t_scf, "seconds_dos": t_dos, "seconds": time.time() - t0,
+        "protocol": json.dumps(p), "setups": json.dumps(job.get("setups") or {}),
+        "symbols": np.array(job["symbols"]), "gpaw_version": gpaw_version,
+    }
+    if spin:
+        out["dos_spin"] = dos_s.astype(np.float32)
+        out["magmoms_initial"] = np.array(job["magmoms"], dtype=float)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    job = json.load(sys.stdin) if argv[1] == "-" else json.load(open(argv[1]))
+    write_npz_atomic(job["out"], run(job))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One-command setup on a fresh Debian machine (CPU). Installs the CPU build of torch first, so that
+# nothing that depends on torch pulls a multi-GB CUDA build, then the package with every extra.
+# System packages (GPAW for the first-principles engine, Chromium for browser tests) come from apt
+# when this runs as root with apt-get available; pass --no-apt to skip them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ "${1:-}" != "--no-apt" ]] && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq gpaw gpaw-data chromium >/dev/null
+fi
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[all]"

@@ -1,0 +1,48 @@
+"""Shared fixtures: real data, small, built once per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_SOURCES = ROOT.parent / "shared" / "data" / "sources"
+DEFAULT_STORE = ROOT / "precomputed" / "dataset"
+
+
+@pytest.fixture(scope="session")
+def shared_sources() -> Path:
+    if not SHARED_SOURCES.exists():
+        pytest.skip(f"real source data not present at {SHARED_SOURCES}")
+    return SHARED_SOURCES
+
+
+@pytest.fixture(scope="session")
+def default_store():
+    from mlcm_core import load_dataset
+
+    if not (DEFAULT_STORE / "manifest.json").exists():
+        pytest.fail(f"the default dataset is missing at {DEFAULT_STORE}: run `mlcm data build-default`")
+    return load_dataset(DEFAULT_STORE)
+
+
+@pytest.fixture(scope="session")
+def real_records(default_store):
+    """A handful of real materials from the shipped store: MP structures with labels, MultiMat DOS+density."""
+    from mlcm_core.data.record import DensityData, DOSData, MaterialRecord
+
+    t = default_store.table
+    mp = t[(t["source"] == "matminer-0.3.9") & t["band_gap_mp_pbe"].notna()].head(4)
+    mm = t[(t["source"] == "multimat-mp") & t["has_dos"] & t["has_charge_density"]].head(3)
+    records = [MaterialRecord(id=r.id, source=r.source, structure=default_store.structure(r.id),
+                              labels={"band_gap_mp_pbe": r.band_gap_mp_pbe}) for r in mp.itertuples()]
+    dos = default_store.dos(mm["id"].tolist())
+    dens = default_store.density(mm["id"].tolist())
+    for k, r in enumerate(mm.itertuples()):
+        records.append(MaterialRecord(
+            id=r.id, source=r.source,
+            dos=DOSData(total=dos[k], reference=r.dos_reference, theory=r.dos_theory, broadening=r.dos_broadening),
+            density=DensityData(grid=dens[k], units=r.density_units, theory=r.density_theory,
+                                convention=r.density_convention)))
+    return records

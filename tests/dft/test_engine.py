@@ -1,0 +1,128 @@
+"""Engine: cost estimate, pool ordering, jobs, subprocess control, resumability, and one real GPAW run."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from mlcm_core.data.conventions import DOS_ENERGIES
+from mlcm_core.dft import engine
+from mlcm_core.dft.engine import (Cancelled, DFTError, build_job, compute, estimate_cost, gpaw_available,
+                                  order_pool, run_many, run_worker)
+from mlcm_core.dft.protocol import LOW_PROTOCOL, PROTOCOL
+
+A_SI = 5.468
+
+
+def si2() -> Structure:
+    a = A_SI
+    return Structure(Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]]), ["Si", "Si"],
+                     [[0, 0, 0], [0.25, 0.25, 0.25]])
+
+
+def rocksalt(a: str, b: str, lat: float = 4.3) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(lat), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
+
+
+def test_estimate_grows_with_size_and_spin() -> None:
+    small = estimate_cost(si2())
+    big = estimate_cost(si2() * (2, 1, 1))
+    assert small.nsites == 2 and small.n_valence == 8 and small.kpts_scf == (5, 5, 5) and small.nk_scf_ibz == 10
+    assert big.seconds > small.seconds
+    feo, mgo = estimate_cost(rocksalt("Fe", "O")), estimate_cost(rocksalt("Mg", "O"))
+    assert feo.spin and feo.hubbard and not mgo.spin and not mgo.hubbard
+    assert "irr" in str(small)
+
+
+def test_missing_setups_are_rejected() -> None:
+    las = rocksalt("La", "S", 5.8)
+    assert engine.missing_setups(las) == ["La"]
+    with pytest.raises(DFTError):
+        estimate_cost(las)
+
+
+def test_order_pool_filters_and_sorts() -> None:
+    pool = {"si": si2(), "si16": si2() * (2, 2, 2), "las": rocksalt("La", "S", 5.8), "mgo": rocksalt("Mg", "O"),
+            "si4": si2() * (2, 1, 1)}
+    ordered = order_pool(pool)
+    ids = [mid for mid, _ in ordered]
+    assert set(ids) == {"si", "mgo", "si4"}  # 16 sites and La dropped
+    costs = [e.seconds for _, e in ordered]
+    assert costs == sorted(costs)
+
+
+def test_job_carries_spin_and_u(tmp_path: Path) -> None:
+    job = build_job(rocksalt("Fe", "O"), tmp_path / "x.npz", PROTOCOL, "feo")
+    assert job["symbols"] == ["Fe", "O"] and job["magmoms"] == [5.0, 0.6]
+    assert job["setups"] == {"Fe": ":d,5.3"} and job["protocol"]["ecut_ev"] == 500.0
+    assert build_job(si2(), tmp_path / "y.npz")["magmoms"] is None
+
+
+@pytest.fixture()
+def sleeper(tmp_path: Path) -> str:
+    """A stand-in 'python' that hangs, to test timeout and cancellation without GPAW."""
+    path = tmp_path / "fake-python"
+    path.write_text("#!/bin/sh\nsleep 60\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_timeout_and_cancel_kill_the_worker(tmp_path: Path, sleeper: str) -> None:
+    job = build_job(si2(), tmp_path / "si.npz", LOW_PROTOCOL, "si")
+    with pytest.raises(DFTError, match="timeout"):
+        run_worker(job, timeout=0.5, python=sleeper)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    with pytest.raises(Cancelled):
+        run_worker(job, timeout=30, cancel=cancel, python=sleeper)
+
+
+def test_run_many_resumes_and_records_failures(tmp_path: Path) -> None:
+    (tmp_path / "done.npz").write_bytes(b"")
+    (tmp_path / "bad.failed").write_text("old failure")
+    summary = run_many({"done": si2(), "bad": si2(), "las": rocksalt("La", "S", 5.8)}, tmp_path, progress=False)
+    assert sorted(summary.skipped) == ["bad", "done"] and summary.failed == ["las"]
+    assert "La" in (tmp_path / "las.failed").read_text()
+    assert (tmp_path / "bad.failed").read_text() == "old failure"
+
+
+def test_record_from_seed_npz() -> None:
+    npz = Path("/work/shared/data/dft-seed/mp-10.npz")
+    if not npz.exists():
+        pytest.skip("seed not present")
+    rec = engine.record_from_npz(npz, "mp-10", None, source="dft-seed", protocol=PROTOCOL)
+    assert rec.dos.theory == "PBE, GPAW 22.8 PW 500 eV" and rec.dos.total.shape == (601,)
+
+
+# -- real GPAW ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def si_low(tmp_path_factory):
+    reason = gpaw_available()
+    if reason:
+        pytest.skip(f"no GPAW for the end-to-end run: {reason}")
+    out = tmp_path_factory.mktemp("gpaw-si")
+    return compute(si2(), "si", out, LOW_PROTOCOL, timeout=600), np.load(out / "si.npz")
+
+
+@pytest.mark.slow
+def test_gpaw_si_end_to_end(si_low) -> None:
+    rec, z = si_low
+    assert 0.3 < rec.labels["band_gap_gpaw_pbe"] < 0.9 and rec.dos.reference == "vbm"
+    dos = rec.dos.total
+    assert dos.shape == (601,) and dos.min() >= 0 and np.allclose(z["energy_grid"], DOS_ENERGIES)
+    gap = rec.labels["band_gap_gpaw_pbe"]
+    mid = np.argmin(np.abs(DOS_ENERGIES - gap / 2))
+    assert dos[mid] < 0.02 * dos.max()  # empty gap
+    occupied = np.trapezoid(dos[DOS_ENERGIES <= 0], DOS_ENERGIES[DOS_ENERGIES <= 0])
+    assert 6.0 < occupied < 8.1  # Si valence band is ~12 eV wide: most of the 8 electrons within -10 eV
+    assert dos[DOS_ENERGIES > 9.5].min() > 0.1  # still states at the top of the window
+    assert float(z["band_top_min"]) >= 10.0 and int(z["nbands"]) >= int(z["nbands_needed"])
+    assert rec.density.grid.mean() * rec.structure.volume == pytest.approx(rec.density.integral, rel=1e-4)
+    assert 7.5 < rec.density.integral < 9.5  # pseudo density of Si integrates close to its 8 electrons
+    assert rec.labels["magmom_gpaw_pbe"] == 0.0 and rec.source == "gpaw-engine"
