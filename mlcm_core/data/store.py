@@ -261,6 +261,7 @@ class DatasetStore:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
         self.__dict__.pop("table", None)
+        self.__dict__.pop("_indexed", None)
         self._arrays.clear()
         self.manifest["labels"] = {k: v.__dict__ for k, v in LABELS.items()}  # the registry only grows
         self.manifest["counts"] = self.info()
@@ -310,9 +311,13 @@ class DatasetStore:
             self._arrays[shard] = zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")
         return self._arrays[shard]
 
+    @cached_property
+    def _indexed(self) -> pd.DataFrame:
+        return self.table.set_index("id")
+
     def _rows(self, ids: Sequence[str] | str, column: str) -> pd.DataFrame:
         ids = [ids] if isinstance(ids, str) else list(ids)
-        t = self.table.set_index("id")
+        t = self._indexed
         missing = [i for i in ids if i not in t.index]
         if missing:
             raise KeyError(f"unknown material ids: {missing[:5]}")
@@ -322,40 +327,49 @@ class DatasetStore:
             raise KeyError(f"materials without this modality: {lacking[:5]}")
         return sub
 
+    def _gather(self, sub: pd.DataFrame, array: str, row_col: str, shard_col: str) -> np.ndarray:
+        """Rows of one array across shards, one orthogonal (chunk-aware) read per shard."""
+        shards = sub[shard_col] if shard_col in sub else sub["shard"]
+        rows = sub[row_col].to_numpy()
+        out = None
+        for shard in pd.unique(shards):
+            where = np.flatnonzero((shards == shard).to_numpy())
+            block = self._zarr(shard)[array].oindex[rows[where].astype(np.int64)]
+            if out is None:
+                out = np.empty((len(sub), *block.shape[1:]), block.dtype)
+            out[where] = block
+        return out
+
     def dos(self, ids: Sequence[str] | str) -> np.ndarray:
         """Total DOS, (n, 601) float32 states/eV per cell on conventions.DOS_ENERGIES."""
         sub = self._rows(ids, "dos_row")
-        shard_col = sub["dos_source_shard"] if "dos_source_shard" in sub else sub["shard"]
-        return np.stack([self._zarr(s)["dos"][int(r)] for s, r in zip(shard_col, sub["dos_row"])]).astype(np.float32)
+        return self._gather(sub, "dos", "dos_row", "dos_source_shard").astype(np.float32)
 
     def dos_spin(self, material_id: str) -> np.ndarray | None:
         """(2, 601) spin channels, or None when the calculation was not spin-polarized."""
-        row = self._rows(material_id, "dos_row").iloc[0]
-        if row["dos_spin_row"] < 0:
+        sub = self._rows(material_id, "dos_row")
+        if sub["dos_spin_row"].iloc[0] < 0:
             return None
-        shard = row.get("dos_source_shard", row["shard"])
-        return self._zarr(shard)["dos_spin"][int(row["dos_spin_row"])].astype(np.float32)
+        return self._gather(sub, "dos_spin", "dos_spin_row", "dos_source_shard")[0].astype(np.float32)
 
     def density(self, ids: Sequence[str] | str) -> np.ndarray:
         """Charge density (n, 32, 32, 32) float32 in each row's density_units."""
         sub = self._rows(ids, "density_row")
-        shard_col = sub["density_source_shard"] if "density_source_shard" in sub else sub["shard"]
-        out = np.empty((len(sub),) + (DENSITY_GRID,) * 3, np.float32)
-        for k, (s, r) in enumerate(zip(shard_col, sub.itertuples())):
-            q = self._zarr(s)["density"][int(r.density_row)]
-            out[k] = dequantize_density(q, r.density_softness, r.density_t_min, r.density_t_max)
+        q = self._gather(sub, "density", "density_row", "density_source_shard")
+        out = np.empty(q.shape, np.float32)
+        for k, r in enumerate(sub.itertuples()):
+            out[k] = dequantize_density(q[k], r.density_softness, r.density_t_min, r.density_t_max)
         return out
 
     def structure(self, material_id: str) -> Structure:
         from pymatgen.core import Structure
 
-        t = self.table
-        hit = t.loc[t["id"] == material_id, "structure_json"]
-        if hit.empty:
+        if material_id not in self._indexed.index:
             raise KeyError(f"unknown material id {material_id!r}")
-        if hit.iloc[0] is None or (isinstance(hit.iloc[0], float) and np.isnan(hit.iloc[0])):
+        text = self._indexed.at[material_id, "structure_json"]
+        if not isinstance(text, str):
             raise KeyError(f"{material_id} has no structure")
-        return Structure.from_dict(json.loads(hit.iloc[0]))
+        return Structure.from_dict(json.loads(text))
 
     def info(self) -> dict[str, Any]:
         """Counts per modality, all three, label coverage: what `mlcm data info` prints."""
