@@ -4,7 +4,7 @@ Why this design:
 
 * The grid (conventions.DENSITY_GRID = 32 points per lattice vector, fractional coordinates, index
   (a, b, c)) is periodic in all three axes: voxel 31 touches voxel 0. Every spatial convolution therefore
-  pads *circularly* (`padding_mode="circular"`), so there is no artificial boundary and the features near
+  pads *circularly* (`PeriodicConv3d`), so there is no artificial boundary and the features near
   a face of the cell see the atoms across it. Global average pooling at the end makes the embedding
   independent of where the cell origin is put: exactly for translations by multiples of the total stride
   (16 here: a stride-2 stem and three stride-2 stages), approximately for any other shift (the
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mlcm_core.data.conventions import DENSITY_GRID  # noqa: F401  (the grid this encoder is built for)
-
 __all__ = [
     "DensityEncoderConfig",
     "DensityEncoder",
+    "PeriodicConv3d",
     "ResNeXtBottleneck",
+    "periodic_pad",
     "normalize_density",
     "random_periodic_translation",
 ]
@@ -136,10 +136,48 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.GroupNorm(min(32, channels), channels)
 
 
-def _conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv3d:
-    """Conv3d with circular padding ('same' size at stride 1) and no bias (a norm follows)."""
-    return nn.Conv3d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False,
-                     padding_mode="circular" if kernel > 1 else "zeros")
+class _PeriodicPad(torch.autograd.Function):
+    """Circular padding of the last three axes with a cheap backward.
+
+    F.pad(mode="circular")'s autograd allocates a zero-filled full-size gradient for every wrapped slab,
+    which doubled the training time of the cpu config; here the padded gradient is folded back instead
+    (the halo's gradient is added onto the voxels it was copied from).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, pad: int) -> Tensor:  # type: ignore[override]
+        ctx.pad = pad
+        return nn.functional.pad(x, (pad,) * 6, mode="circular")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        p = ctx.pad
+        for dim in (-3, -2, -1):
+            n = grad.shape[dim] - 2 * p
+            inner = grad.narrow(dim, p, n).clone()
+            inner.narrow(dim, 0, p).add_(grad.narrow(dim, p + n, p))  # right halo = first p voxels
+            inner.narrow(dim, n - p, p).add_(grad.narrow(dim, 0, p))  # left halo = last p voxels
+            grad = inner
+        return grad, None
+
+
+def periodic_pad(x: Tensor, pad: int) -> Tensor:
+    """Pad the last three axes of a periodic grid by `pad` voxels on each side with wrapped values."""
+    return _PeriodicPad.apply(x, pad) if pad > 0 else x
+
+
+class PeriodicConv3d(nn.Conv3d):
+    """Conv3d on a periodic grid: circular padding of kernel//2 ('same' size at stride 1), no bias.
+
+    Equivalent to nn.Conv3d(padding=kernel // 2, padding_mode="circular"), with a faster backward.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, kernel, stride=stride, padding=0, groups=groups, bias=False)
+        self.periodic_padding = kernel // 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(periodic_pad(x, self.periodic_padding))
 
 
 class ResNeXtBottleneck(nn.Module):
@@ -147,13 +185,13 @@ class ResNeXtBottleneck(nn.Module):
 
     def __init__(self, cin: int, width: int, cout: int, cardinality: int, stride: int, norm: str) -> None:
         super().__init__()
-        self.reduce = nn.Sequential(_conv(cin, width, 1), _norm(norm, width), nn.ReLU(inplace=True))
-        self.grouped = nn.Sequential(_conv(width, width, 3, stride, groups=cardinality), _norm(norm, width),
-                                     nn.ReLU(inplace=True))
-        self.expand = nn.Sequential(_conv(width, cout, 1), _norm(norm, cout))
+        self.reduce = nn.Sequential(PeriodicConv3d(cin, width, 1), _norm(norm, width), nn.ReLU(inplace=True))
+        self.grouped = nn.Sequential(PeriodicConv3d(width, width, 3, stride, groups=cardinality),
+                                     _norm(norm, width), nn.ReLU(inplace=True))
+        self.expand = nn.Sequential(PeriodicConv3d(width, cout, 1), _norm(norm, cout))
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(_conv(cin, cout, 1, stride), _norm(norm, cout))
+            self.shortcut = nn.Sequential(PeriodicConv3d(cin, cout, 1, stride), _norm(norm, cout))
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -167,7 +205,7 @@ class DensityEncoder(nn.Module):
     def __init__(self, config: DensityEncoderConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or DensityEncoderConfig()
-        self.stem = nn.Sequential(_conv(cfg.in_channels, cfg.stem_channels, cfg.stem_kernel, stride=2),
+        self.stem = nn.Sequential(PeriodicConv3d(cfg.in_channels, cfg.stem_channels, cfg.stem_kernel, stride=2),
                                   _norm(cfg.norm, cfg.stem_channels), nn.ReLU(inplace=True))
         stages: list[nn.Module] = []
         cin = cfg.stem_channels

@@ -9,8 +9,10 @@ from mlcm_core.data.conventions import DENSITY_GRID
 from mlcm_core.models.density import (
     DensityEncoder,
     DensityEncoderConfig,
+    PeriodicConv3d,
     ResNeXtBottleneck,
     normalize_density,
+    periodic_pad,
     random_periodic_translation,
 )
 
@@ -69,7 +71,7 @@ def test_paper_config_is_resnext50_32x4d():
     assert n == PAPER_PARAMS and 2e7 < n < 4e7
     blocks = [m for m in model.modules() if isinstance(m, ResNeXtBottleneck)]
     assert len(blocks) == 16
-    assert all(b.grouped[0].groups == 32 and b.grouped[0].padding_mode == "circular" for b in blocks)
+    assert all(b.grouped[0].groups == 32 and b.grouped[0].periodic_padding == 1 for b in blocks)
 
 
 def test_paper_forward_shape():
@@ -93,9 +95,30 @@ def test_cpu_config_shape_and_parameter_count():
 def test_every_spatial_conv_is_circular():
     model = DensityEncoder(DensityEncoderConfig.cpu())
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
-    spatial = [m for m in convs if max(m.kernel_size) > 1]
-    assert spatial and all(m.padding_mode == "circular" for m in spatial)
-    assert all(m.kernel_size == (1, 1, 1) for m in convs if m not in spatial)
+    assert all(isinstance(m, PeriodicConv3d) and m.padding == (0, 0, 0) for m in convs)
+    assert all(m.periodic_padding == m.kernel_size[0] // 2 for m in convs)
+    assert {m.kernel_size for m in convs} == {(5, 5, 5), (3, 3, 3), (1, 1, 1)}
+
+
+@pytest.mark.parametrize("kernel, stride, groups", [(3, 1, 4), (3, 2, 2), (5, 2, 1)])
+def test_periodic_conv_matches_torch_circular_padding(kernel: int, stride: int, groups: int):
+    """Same values and gradients as nn.Conv3d(padding_mode="circular"); only the backward is cheaper."""
+    torch.manual_seed(0)
+    ours = PeriodicConv3d(4, 8, kernel, stride, groups=groups).double()
+    ref = torch.nn.Conv3d(4, 8, kernel, stride, padding=kernel // 2, groups=groups, bias=False,
+                          padding_mode="circular").double()
+    ref.weight.data.copy_(ours.weight.data)
+    x1 = torch.randn(2, 4, 8, 6, 10, dtype=torch.float64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y1, y2 = ours(x1), ref(x2)
+    torch.testing.assert_close(y1, y2)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
+    assert torch.autograd.gradcheck(lambda t: periodic_pad(t, 2), (torch.randn(1, 2, 3, 4, 5, dtype=torch.float64,
+                                                                                requires_grad=True),))
 
 
 def test_batch_of_one_in_train_and_eval():
