@@ -65,7 +65,7 @@ def potnet_potentials(algorithm, structure, R: int = 3) -> np.ndarray:
 
 def import_potnet(path: str):
     sys.path.insert(0, str(Path(path).resolve()))
-    import algorithm  # noqa: PLC0415  (PotNet's algorithm.py, imports functions.series)
+    import algorithm
 
     return algorithm
 

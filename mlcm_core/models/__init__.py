@@ -1,0 +1,1 @@
+"""Encoders of the three modalities into the shared embedding space (one module per modality)."""

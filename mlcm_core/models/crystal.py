@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-__all__ = ["CrystalEncoder", "CrystalEncoderConfig", "PotNetConv", "PotentialEmbedding", "PRESETS"]
+__all__ = ["PRESETS", "CrystalEncoder", "CrystalEncoderConfig", "PotNetConv", "PotentialEmbedding"]
 
 
 @dataclass(frozen=True)
