@@ -60,10 +60,14 @@ def cmd_ingest_structures(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest_mp(args: argparse.Namespace) -> int:
-    from mlcm_core.data.sources.materials_project import fetch_materials
+    from mlcm_core.data.sources.materials_project import MPAccessError, fetch_materials
 
-    records = fetch_materials(args.ids, api_key=args.api_key or os.environ.get("MP_API_KEY"),
-                              with_dos=not args.no_dos, with_density=not args.no_density)
+    try:
+        records = fetch_materials(args.ids, api_key=args.api_key or os.environ.get("MP_API_KEY"),
+                                  with_dos=not args.no_dos, with_density=not args.no_density)
+    except MPAccessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return _append(args.store, records, "mp-api", {"source": "Materials Project API (mp-api)", "ids": ", ".join(args.ids),
                                                    "licence": "CC-BY 4.0"})
 

@@ -35,3 +35,29 @@ def test_missing_store_is_a_clear_error(tmp_path, capsys):
 def test_build_default_refuses_to_overwrite(capsys):
     assert main(["data", "build-default", "--out", str(DEFAULT_STORE)]) == 2
     assert "already holds a dataset" in capsys.readouterr().err
+
+
+def test_ingest_vasp_and_structures_add_shards(tmp_path, capsys):
+    import shutil
+
+    from mlcm_core import load_dataset
+    from tests.conftest import ROOT
+
+    store = tmp_path / "ds"
+    shutil.copytree(DEFAULT_STORE, store)
+    assert main(["data", "ingest-vasp", str(ROOT / "tests/files/vasp-si"), "--store", str(store)]) == 0
+    assert main(["data", "ingest-structures", str(ROOT / "tests/files/structures"), "--store", str(store)]) == 0
+    ds = load_dataset(store)
+    t = ds.table.set_index("id")
+    si = t.loc["vasp:vasp-si"]
+    assert si["has_dos"] and si["has_charge_density"] and si["dos_band_gap"] == 0.5796
+    # both Si entries are diamond silicon: de-duplicated into one group with the same split
+    assert t.loc["file:Si", "dedup_group"] == si["dedup_group"]
+    assert t.loc["file:Si", "split"] == si["split"]
+    assert ds.info()["materials"] == 18286 + 3
+
+
+def test_ingest_mp_without_key_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    assert main(["data", "ingest-mp", "mp-149", "--store", str(tmp_path / "ds")]) == 2
+    assert "MP_API_KEY" in capsys.readouterr().err
