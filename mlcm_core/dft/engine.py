@@ -39,10 +39,13 @@ __all__ = [
 GPAW_PYTHON = "/usr/bin/python3"
 WORKER = Path(__file__).with_name("worker.py")
 SOURCE = "gpaw-engine"
-# Seconds per unit of `work` (plane waves x bands x k-points x iterations), from Si/seed runs on this
-# 2-core machine with 1 thread per worker; see docs/dft.md. Order-of-magnitude, for ordering and ETAs.
-SECONDS_PER_WORK = 2.0e-7
-SECONDS_OVERHEAD = 3.0
+# Seconds per unit of `work` = irreducible k-points x bands x plane waves x (1 + bands/64), fitted (median)
+# to 28 runs on this 2-core machine, one thread per worker (docs/dft.md); each stage's iteration count is
+# folded in. Individual runs scatter by about x2 around it: good for ordering and ETAs, not for deadlines.
+SECONDS_PER_WORK_SCF = 2.8e-5
+SECONDS_PER_WORK_DOS = 1.1e-5
+SPIN_FACTOR = 2.5  # two spin channels, and magnetic SCFs take more iterations
+SECONDS_OVERHEAD = 2.0
 
 
 class DFTError(RuntimeError):
@@ -118,7 +121,7 @@ def _n_irreducible(structure: Any, mesh: tuple[int, int, int]) -> int:
 
 
 def estimate_cost(structure: Any, protocol: DFTProtocol = PROTOCOL) -> CostEstimate:
-    """Cost from sizes: plane waves x bands x irreducible k-points x iterations, x2 when spin-polarised.
+    """Cost from sizes: plane waves x bands x irreducible k-points per stage, x2.5 when spin-polarised.
 
     Uses the worker's own free-electron band count (all bands treated as valence-like), so the estimate
     grows with volume and electron count the way the real run does.
@@ -142,10 +145,11 @@ def estimate_cost(structure: Any, protocol: DFTProtocol = PROTOCOL) -> CostEstim
     nb_scf = int(math.ceil(0.6 * n_val)) + 4
     spin = protocol.spin_polarized(symbols)
 
-    def work(nk: int, nb: int, iters: int) -> float:
-        return nk * nb * npw * (1 + nb / 64) * iters
+    def work(nk: int, nb: int) -> float:
+        return nk * nb * npw * (1 + nb / 64)
 
-    seconds = SECONDS_OVERHEAD + SECONDS_PER_WORK * (2 if spin else 1) * (work(nks, nb_scf, 20) + work(nkd, nb_dos, 12))
+    stages = SECONDS_PER_WORK_SCF * work(nks, nb_scf) + SECONDS_PER_WORK_DOS * work(nkd, nb_dos)
+    seconds = SECONDS_OVERHEAD + (SPIN_FACTOR if spin else 1.0) * stages
     return CostEstimate(len(symbols), n_val, spin, protocol.uses_hubbard(symbols), kscf, kdos, nks, nkd,
                         npw, nb_scf, nb_dos, float(seconds))
 

@@ -121,7 +121,8 @@ def test_gpaw_si_end_to_end(si_low) -> None:
     assert dos[mid] < 0.02 * dos.max()  # empty gap
     occupied = np.trapezoid(dos[DOS_ENERGIES <= 0], DOS_ENERGIES[DOS_ENERGIES <= 0])
     assert 6.0 < occupied < 8.1  # Si valence band is ~12 eV wide: most of the 8 electrons within -10 eV
-    assert dos[DOS_ENERGIES > 9.5].min() > 0.1  # still states at the top of the window
+    top = DOS_ENERGIES >= 8.0
+    assert np.trapezoid(dos[top], DOS_ENERGIES[top]) > 1.0  # the coarse mesh is spiky, but states reach +10
     assert float(z["band_top_min"]) >= 10.0 and int(z["nbands"]) >= int(z["nbands_needed"])
     assert rec.density.grid.mean() * rec.structure.volume == pytest.approx(rec.density.integral, rel=1e-4)
     assert 7.5 < rec.density.integral < 9.5  # pseudo density of Si integrates close to its 8 electrons
