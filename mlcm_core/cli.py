@@ -91,6 +91,98 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+DFT_FAILED = Path("precomputed") / "dft_failed.json"  # committed: failures are not retried by later sessions
+
+
+def _dft_pool(store_path: Path, max_sites: int, include_done: bool = False) -> dict:
+    """MP structures of the store not yet computed with GPAW (nor recorded as failed)."""
+    from mlcm_core.data.store import DatasetStore
+
+    store = DatasetStore.open(store_path)
+    t = store.table
+    mp = t[t["id"].str.startswith("mp-") & t["has_structure"].astype(bool) & (t["nsites"] <= max_sites)]
+    failed = set(json.loads(DFT_FAILED.read_text())) if DFT_FAILED.exists() else set()
+    if not include_done:
+        done = mp["dos_source"].isin(["gpaw-engine", "dft-seed"]) & mp["has_charge_density"].astype(bool)
+        mp = mp[~done & ~mp["id"].isin(failed)]
+    return {mid: store.structure(mid) for mid in mp["id"]}
+
+
+def cmd_dft_pool(args: argparse.Namespace) -> int:
+    from mlcm_core.dft.engine import order_pool
+
+    pool = order_pool(_dft_pool(args.store, args.max_sites), max_sites=args.max_sites)
+    hours = sum(c.seconds for _, c in pool) / 3600
+    print(f"{len(pool)} eligible MP structures to compute (<= {args.max_sites} sites, PBE setups for every element); "
+          f"estimated {hours:.1f} core-hours")
+    for mid, cost in pool[: args.show]:
+        print(f"  {mid:12s} {cost}")
+    return 0
+
+
+def cmd_dft_run(args: argparse.Namespace) -> int:
+    from mlcm_core.dft.engine import gpaw_available, order_pool, run_many
+
+    problem = gpaw_available()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    candidates = _dft_pool(args.store, args.max_sites)
+    chosen = order_pool(candidates, max_sites=args.max_sites)[: args.limit]
+    structures = {mid: candidates[mid] for mid, _ in chosen}
+    summary = run_many(structures, args.out, workers=args.workers, timeout=args.timeout)
+    print(f"done {len(summary.done)}, failed {len(summary.failed)}, skipped {len(summary.skipped)}, "
+          f"cancelled {len(summary.cancelled)}")
+    return 0
+
+
+def cmd_dft_ingest(args: argparse.Namespace) -> int:
+    """Merge finished GPAW results into the store as one new shard; record failures."""
+    from mlcm_core.dft.engine import record_from_npz
+
+    pool = _dft_pool(args.store, max_sites=10**6)
+    records = [record_from_npz(p, p.stem, pool[p.stem]) for p in sorted(args.results.glob("*.npz"))
+               if p.stem in pool]
+    failed = set(json.loads(DFT_FAILED.read_text())) if DFT_FAILED.exists() else set()
+    new_failed = {p.name.split(".")[0] for p in args.results.glob("*.failed")} - failed
+    if new_failed:
+        tmp = DFT_FAILED.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(failed | new_failed), indent=0))
+        os.replace(tmp, DFT_FAILED)
+        print(f"recorded {len(new_failed)} failures in {DFT_FAILED}")
+    if not records:
+        print("no new results to ingest")
+        return 0
+    return _append(args.store, records, "gpaw", {"source": "MLCM GPAW engine (mlcm_core/dft)", "protocol": "docs/dft.md"})
+
+
+def cmd_dft_ingest_seed(args: argparse.Namespace) -> int:
+    from mlcm_core.dft.seed import load_seed
+
+    records = load_seed(args.seed_dir)
+    return _append(args.store, records, "dft-seed", {"source": "GPAW seed results (../shared/data/dft-seed)",
+                                                     "protocol": "see ../shared/data/dft-seed/README.md"})
+
+
+def cmd_dft_validate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mlcm_core.data.store import DatasetStore
+    from mlcm_core.dft.validate import validate
+
+    store = DatasetStore.open(args.store)
+    structure = store.structure(args.material)
+    target = np.loadtxt(args.target_dos, delimiter="," if args.target_dos.suffix == ".csv" else None)
+    if target.ndim == 2:  # (energy, dos) columns on any grid -> the standard grid
+        from mlcm_core.data.conventions import standardize_dos
+
+        target = standardize_dos(target[:, 0], target[:, 1], reference_energy=0.0)
+    result = validate(structure, target, material_id=args.material, timeout=args.timeout)
+    print(json.dumps({"material": args.material, "dos_mae": result.mae, "seconds": result.seconds,
+                      "estimated_seconds": result.estimate.seconds}))
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     """Serve the dashboard on 127.0.0.1 unless --address says otherwise; origin check stays on."""
     import subprocess
@@ -140,6 +232,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of every file")
     p.set_defaults(func=cmd_info)
+
+    dft = sub.add_parser("dft", help="first-principles engine (GPAW)").add_subparsers(dest="dft_command", required=True)
+    p = dft.add_parser("pool", help="count and order the eligible MP structures by estimated cost")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.add_argument("--max-sites", type=int, default=10)
+    p.add_argument("--show", type=int, default=10)
+    p.set_defaults(func=cmd_dft_pool)
+
+    p = dft.add_parser("run", help="compute DOS and density for the pool, cheapest first (resumable)")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.add_argument("--out", type=Path, default=Path("var") / "dft")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per material")
+    p.add_argument("--max-sites", type=int, default=10)
+    p.add_argument("--limit", type=int, default=None, help="at most this many materials")
+    p.set_defaults(func=cmd_dft_run)
+
+    p = dft.add_parser("ingest", help="merge finished results into the store as a new shard")
+    p.add_argument("--results", type=Path, default=Path("var") / "dft")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.set_defaults(func=cmd_dft_ingest)
+
+    p = dft.add_parser("ingest-seed", help="merge ../shared/data/dft-seed into the store")
+    p.add_argument("--seed-dir", type=Path, default=Path("..") / "shared" / "data" / "dft-seed")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.set_defaults(func=cmd_dft_ingest_seed)
+
+    p = dft.add_parser("validate", help="compute a material from first principles and score its DOS vs a target")
+    p.add_argument("material", help="material id in the store")
+    p.add_argument("--target-dos", type=Path, required=True, help="601 values, or (energy, dos) columns")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.set_defaults(func=cmd_dft_validate)
 
     p = sub.add_parser("app", help="serve the dashboard (127.0.0.1 by default)")
     p.add_argument("--address", default="127.0.0.1")
