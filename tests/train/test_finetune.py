@@ -1,0 +1,74 @@
+"""Fine-tuning on the tiny store: finite test MAE, fitted on train rows only, pre-trained encoder, uncertainty."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from mlcm_core.train.config import FinetuneConfig
+from mlcm_core.train.finetune import finetune, resolve_target
+
+from .conftest import TINY_MODEL
+
+
+@pytest.fixture
+def ft_config(tmp_path):
+    return FinetuneConfig(model="cpu", model_overrides=TINY_MODEL, epochs=3, batch_size=4, lr=3e-3, warmup_steps=1,
+                          head_hidden=16, patience=0, seed=0, out_dir=str(tmp_path / "ft"), device="cpu",
+                          graph_cache_dir=str(tmp_path / "graphs"))
+
+
+def test_targets():
+    spec = resolve_target("k_vrh")
+    assert (spec.column, spec.transform) == ("k_vrh_mp_pbe", "log10")
+    y, keep = spec.apply(np.array([100.0, 0.0, -3.0, np.nan, 10.0]))
+    assert keep.tolist() == [True, False, False, False, True]
+    assert y[keep].tolist() == pytest.approx([2.0, 1.0])
+    assert resolve_target("formation_energy").column == "formation_energy_per_atom_mp_pbe"
+    assert resolve_target("band_gap").transform == "identity"
+    assert resolve_target("g_vrh_mpapi_pbe").transform == "log10"
+    with pytest.raises(KeyError):
+        resolve_target("nonsense")
+
+
+def test_finetune_from_scratch_train_rows_only(tiny_store, ft_config, monkeypatch):
+    import mlcm_core.train.finetune as ft
+
+    fitted: set[str] = set()
+    real = ft._train_member
+
+    def spy(member, cfg, enc_cfg, weights, train, val, *args):
+        fitted.update(train.dataset.ids[k] for k in train.indices)
+        return real(member, cfg, enc_cfg, weights, train, val, *args)
+
+    monkeypatch.setattr(ft, "_train_member", spy)
+    result = finetune(tiny_store, ft_config, "formation_energy_per_atom", progress=False)
+    split = tiny_store.table.set_index("id")["split"]
+    assert math.isfinite(result.test_mae) and math.isfinite(result.val_mae)
+    assert (result.n_train, result.n_val, result.n_test) == (12, 4, 4)
+    assert {split[i] for i in fitted} == {"train"} and fitted == set(result.train_ids)
+    assert {split[i] for i in result.val_ids} == {"val"} and {split[i] for i in result.test_ids} == {"test"}
+    assert result.predictions["id"].tolist() == result.test_ids
+    assert (result.out_dir / "result.json").exists() and (result.checkpoints[0] / "model.safetensors").exists()
+
+
+def test_finetune_from_pretrained_with_uncertainty(tiny_store, tiny_config, ft_config):
+    from mlcm_core.train.pretrain import pretrain
+
+    ckpt = pretrain(tiny_store, replace(tiny_config, epochs=1), progress=False)
+    cfg = replace(ft_config, epochs=2, mc_dropout=4, ensemble=2, head_dropout=0.2)
+    result = finetune(tiny_store, cfg, "formation_energy", pretrained=ckpt, progress=False)
+    assert math.isfinite(result.test_mae) and len(result.checkpoints) == 2
+    assert np.all(np.isfinite(result.predictions["y_std"])) and (result.predictions["y_std"] > 0).all()
+
+
+def test_pretrained_without_crystal_encoder_is_rejected(tiny_store, tiny_config, ft_config):
+    from mlcm_core.train.pretrain import pretrain
+
+    cfg = replace(tiny_config, epochs=1, modalities=("dos", "density"))
+    ckpt = pretrain(tiny_store, cfg, progress=False)
+    with pytest.raises(ValueError, match="no crystal encoder"):
+        finetune(tiny_store, ft_config, "band_gap", pretrained=ckpt, progress=False)
