@@ -183,6 +183,20 @@ def cmd_dft_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from mlcm_core.train.config import FinetuneConfig
+    from mlcm_core.train.finetune import finetune
+
+    config = FinetuneConfig.from_yaml(args.config) if args.config else FinetuneConfig()
+    if args.out is not None:
+        config = replace(config, out_dir=str(args.out))
+    result = finetune(args.store, config, args.target, pretrained=args.pretrained)
+    print(json.dumps(result.to_dict(), default=str, indent=1))
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     """Serve the dashboard on 127.0.0.1 unless --address says otherwise; origin check stays on."""
     import subprocess
@@ -266,6 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0)
     p.set_defaults(func=cmd_dft_validate)
 
+    sub.add_parser("pretrain", help="contrastive pre-training: mlcm pretrain --help (same as torchrun's entry)")
+
+    p = sub.add_parser("finetune", help="fine-tune the crystal encoder on one property")
+    p.add_argument("--target", required=True,
+                   help="band_gap | formation_energy_per_atom | log10_k_vrh | log10_g_vrh | a label column")
+    p.add_argument("--pretrained", type=Path, default=None, help="pre-training run or checkpoint directory")
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("app", help="serve the dashboard (127.0.0.1 by default)")
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5006)
@@ -276,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pretrain"]:  # its options belong to pretrain_cli (shared with torchrun)
+        from mlcm_core.train.pretrain_cli import main as pretrain_main
+
+        return pretrain_main(argv[1:])
     args = build_parser().parse_args(argv)
     from mlcm_core.data.store import StoreError
 
