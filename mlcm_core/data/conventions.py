@@ -67,9 +67,9 @@ LABELS: dict[str, LabelSpec] = {
     "e_above_hull_mpapi_pbe": LabelSpec("energy above hull", "eV/atom", "PBE(+U), VASP, MP2020 corrections", "Materials Project API (mp-api), GGA/GGA+U thermo"),
     "k_vrh_mpapi_pbe": LabelSpec("bulk modulus (Voigt-Reuss-Hill)", "GPa", "PBE, VASP", "Materials Project API (mp-api)"),
     "g_vrh_mpapi_pbe": LabelSpec("shear modulus (Voigt-Reuss-Hill)", "GPa", "PBE, VASP", "Materials Project API (mp-api)"),
-    "band_gap_gpaw_pbe": LabelSpec("band gap (from the DOS run eigenvalues)", "eV", "PBE, GPAW PW 500 eV", "MLCM first-principles engine / dft-seed"),
-    "total_energy_gpaw_pbe": LabelSpec("total energy per cell", "eV", "PBE, GPAW PW 500 eV", "MLCM first-principles engine / dft-seed"),
-    "magmom_gpaw_pbe": LabelSpec("total magnetic moment per cell", "mu_B", "PBE, GPAW PW 500 eV", "MLCM first-principles engine"),
+    "band_gap_gpaw_pbe": LabelSpec("band gap (from the DOS run eigenvalues)", "eV", "PBE(+U on d states of Co/Cr/Fe/Mn/Mo/Ni/V/W oxides and fluorides), GPAW PW 500 eV", "MLCM first-principles engine / dft-seed"),
+    "total_energy_gpaw_pbe": LabelSpec("total energy per cell", "eV", "PBE(+U as for the gap), GPAW PW 500 eV", "MLCM first-principles engine / dft-seed"),
+    "magmom_gpaw_pbe": LabelSpec("total magnetic moment per cell", "mu_B", "PBE(+U as for the gap), spin-polarized from MP initial moments, GPAW PW 500 eV", "MLCM first-principles engine"),
 }
 
 

@@ -8,11 +8,9 @@ turns the worker's .npz into the project's MaterialRecord. Outputs live in one d
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import tempfile
@@ -20,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +29,33 @@ from mlcm_core.data.record import DensityData, DOSData, MaterialRecord
 from mlcm_core.dft.protocol import PROTOCOL, DFTProtocol
 
 __all__ = [
-    "GPAW_PYTHON", "WORKER", "CostEstimate", "DFTError", "RunSummary", "missing_setups", "setup_valence",
-    "estimate_cost", "build_job", "run_worker", "record_from_npz", "compute", "run_many", "order_pool",
+    "GPAW_PYTHON",
+    "WORKER",
+    "Cancelled",
+    "CostEstimate",
+    "DFTError",
+    "RunSummary",
+    "build_job",
+    "compute",
+    "estimate_cost",
     "gpaw_available",
+    "missing_setups",
+    "order_pool",
+    "record_from_npz",
+    "run_many",
+    "run_worker",
+    "setup_valence",
 ]
 
 GPAW_PYTHON = "/usr/bin/python3"
 WORKER = Path(__file__).with_name("worker.py")
 SOURCE = "gpaw-engine"
-# Seconds per unit of `work` = irreducible k-points x bands x plane waves x (1 + bands/64), fitted (median)
-# to 28 runs on this 2-core machine, one thread per worker (docs/dft.md); each stage's iteration count is
-# folded in. Individual runs scatter by about x2 around it: good for ordering and ETAs, not for deadlines.
-SECONDS_PER_WORK_SCF = 2.8e-5
-SECONDS_PER_WORK_DOS = 1.1e-5
-SPIN_FACTOR = 2.5  # two spin channels, and magnetic SCFs take more iterations
+# Seconds per unit of `work` = irreducible k-points x bands x plane waves x (1 + bands/64), calibrated on
+# 24 full-protocol runs on this 2-core machine, one thread per worker (docs/dft.md); each stage's iteration
+# count is folded in. Runs scatter by about x1.8 around it: good for ordering and ETAs, not for deadlines.
+SECONDS_PER_WORK_SCF = 1.5e-5
+SECONDS_PER_WORK_DOS = 6.0e-6
+SPIN_FACTOR = 7.0  # measured (5 magnetic cells): two channels, slower magnetic SCF, spin-split DOS run
 SECONDS_OVERHEAD = 2.0
 
 
@@ -57,16 +68,14 @@ class Cancelled(DFTError):
 
 
 # -- setups and cost ---------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def setup_valence(element: str, setup_dir: str = PROTOCOL.setup_dir) -> float | None:
     """Valence electrons of the default PBE setup (from its XML header), None if there is no setup."""
-    path = Path(setup_dir) / f"{element}.PBE.gz"
-    if not path.exists():
+    from mlcm_core.dft import worker
+
+    if not (Path(setup_dir) / f"{element}.PBE.gz").exists():
         return None
-    with gzip.open(path, "rt") as fh:
-        head = fh.read(2000)
-    match = re.search(r'<atom [^>]*valence="([0-9.]+)"', head)
-    return float(match.group(1)) if match else None
+    return worker.setup_valence(element, setup_dir)
 
 
 def missing_setups(structure: Any, protocol: DFTProtocol = PROTOCOL) -> list[str]:
@@ -116,12 +125,12 @@ def _n_irreducible(structure: Any, mesh: tuple[int, int, int]) -> int:
         mapping, _ = spglib.get_ir_reciprocal_mesh(list(mesh), cell, is_shift=[0, 0, 0],
                                                    is_time_reversal=False, symprec=1e-3)
         return len(set(mapping.tolist()))
-    except Exception:  # spglib failure: assume no symmetry beyond k = -k
+    except Exception:  # noqa: BLE001 - spglib fails in several ways; assume no symmetry beyond k = -k
         return math.ceil(int(np.prod(mesh)) / 2)
 
 
 def estimate_cost(structure: Any, protocol: DFTProtocol = PROTOCOL) -> CostEstimate:
-    """Cost from sizes: plane waves x bands x irreducible k-points per stage, x2.5 when spin-polarised.
+    """Cost from sizes: plane waves x bands x irreducible k-points per stage, x7 when spin-polarised (measured).
 
     Uses the worker's own free-electron band count (all bands treated as valence-like), so the estimate
     grows with volume and electron count the way the real run does.
@@ -140,9 +149,9 @@ def estimate_cost(structure: Any, protocol: DFTProtocol = PROTOCOL) -> CostEstim
     npw = int(vol * (2 * protocol.ecut_ev / HARTREE_EV) ** 1.5 / (6 * math.pi**2))
     ef0 = 0.5 * (3 * math.pi**2 * n_val / vol) ** (2 / 3)
     kmax = math.sqrt(2 * (ef0 + protocol.band_margin_ev / HARTREE_EV))
-    nb_dos = int(math.ceil(1.2 * vol * kmax**3 / (6 * math.pi**2))) + 4
+    nb_dos = math.ceil(1.2 * vol * kmax**3 / (6 * math.pi**2)) + 4
     nb_dos += max(4, math.ceil(0.1 * nb_dos))
-    nb_scf = int(math.ceil(0.6 * n_val)) + 4
+    nb_scf = math.ceil(0.6 * n_val) + 4
     spin = protocol.spin_polarized(symbols)
 
     def work(nk: int, nb: int) -> float:
@@ -183,7 +192,7 @@ def gpaw_available(python: str = GPAW_PYTHON) -> str | None:
     if not Path(python).exists():
         return f"{python} not found"
     proc = subprocess.run([python, "-c", "import gpaw, ase; print(gpaw.__version__)"], capture_output=True,
-                          text=True, env=_worker_env(1), timeout=120)
+                          text=True, env=_worker_env(1), timeout=120, check=False)
     return None if proc.returncode == 0 else f"{python} cannot import gpaw: {proc.stderr.strip()[-300:]}"
 
 

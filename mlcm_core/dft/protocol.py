@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DFTProtocol", "PROTOCOL", "LOW_PROTOCOL", "mp_kpts"]
+__all__ = ["LOW_PROTOCOL", "PROTOCOL", "DFTProtocol", "mp_kpts"]
 
 # Materials Project's MPRelaxSet values (pymatgen VASPIncarBase.yaml / MPRelaxSet.yaml).
 MP_MAGMOMS: tuple[tuple[str, float], ...] = (
@@ -34,7 +35,7 @@ def mp_kpts(cell: np.ndarray, density: float, kmax: int | None = None) -> tuple[
     with b_i the reciprocal vectors without 2π; optionally capped at kmax per axis.
     """
     recip = np.linalg.inv(np.asarray(cell, dtype=float)).T
-    sizes = [max(1, int(math.ceil(2 * math.pi * float(np.linalg.norm(b)) * density))) for b in recip]
+    sizes = [max(1, math.ceil(2 * math.pi * float(np.linalg.norm(b)) * density)) for b in recip]
     if kmax is not None:
         sizes = [min(k, kmax) for k in sizes]
     return sizes[0], sizes[1], sizes[2]
@@ -63,6 +64,7 @@ class DFTProtocol:
     scf_energy_tol_ev: float = 5e-4  # per valence electron (GPAW default)
     scf_density_tol: float = 1e-4
     scf_maxiter: int = 300
+    scf_band_margin_ev: float = 1.0  # SCF's highest band must stay this far above E_F at every k-point
     dos_maxiter: int = 300
     dos_eigenstates_tol: float = 1e-5  # eV²/electron in the non-SCF run (GPAW default 4e-8; 1e-5 moves
     # eigenvalues by < 1e-3 eV, far below the 0.1 eV broadening, and saves ~30 % of the DOS iterations)
@@ -82,7 +84,7 @@ class DFTProtocol:
         return json_safe(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DFTProtocol":
+    def from_dict(cls, data: dict[str, Any]) -> DFTProtocol:
         """Inverse of to_dict; unknown keys are rejected so a renamed field cannot be silently lost."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
@@ -92,7 +94,7 @@ class DFTProtocol:
                   for k, v in data.items()}
         return cls(**kwargs)
 
-    def replace(self, **changes: Any) -> "DFTProtocol":
+    def replace(self, **changes: Any) -> DFTProtocol:
         return dataclasses.replace(self, **changes)
 
     # -- per-material choices --------------------------------------------------------------------

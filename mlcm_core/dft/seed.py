@@ -20,8 +20,15 @@ from mlcm_core.data.record import MaterialRecord
 from mlcm_core.dft.engine import record_from_npz
 from mlcm_core.dft.protocol import PROTOCOL
 
-__all__ = ["SEED_DIR", "SEED_SOURCE", "seed_structures", "seed_index", "load_seed", "band_coverage_audit",
-           "CoverageAudit"]
+__all__ = [
+    "SEED_DIR",
+    "SEED_SOURCE",
+    "CoverageAudit",
+    "band_coverage_audit",
+    "load_seed",
+    "seed_index",
+    "seed_structures",
+]
 
 SEED_DIR = Path("/work/shared/data/dft-seed")
 SEED_SOURCE = "dft-seed"

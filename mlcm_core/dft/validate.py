@@ -9,9 +9,10 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from mlcm_core.data.record import MaterialRecord
 from mlcm_core.dft.engine import CostEstimate, compute, estimate_cost
 from mlcm_core.dft.protocol import PROTOCOL, DFTProtocol
 
-__all__ = ["dos_mae", "density_correlation", "chgcar_density", "validate", "ValidationResult"]
+__all__ = ["ValidationResult", "chgcar_density", "density_correlation", "dos_mae", "validate"]
 
 
 def dos_mae(a: np.ndarray, b: np.ndarray, window: tuple[float, float] = (-5.0, 5.0),

@@ -11,9 +11,11 @@ magmoms (list or null), out (npz path), log (GPAW text log path or null).
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -29,7 +31,7 @@ BOHR_A = 0.52917721067
 def mp_kpts(cell: np.ndarray, density: float, kmax: int | None = None) -> list[int]:
     """Same rule as protocol.mp_kpts (ASE kptdensity2monkhorstpack, even=False), capped at kmax."""
     recip = np.linalg.inv(np.asarray(cell, dtype=float)).T
-    sizes = [max(1, int(math.ceil(2 * math.pi * float(np.linalg.norm(b)) * density))) for b in recip]
+    sizes = [max(1, math.ceil(2 * math.pi * float(np.linalg.norm(b)) * density)) for b in recip]
     return [min(k, kmax) for k in sizes] if kmax else sizes
 
 
@@ -101,15 +103,16 @@ def estimate_nbands(eps_skn: np.ndarray, efermi: float, n_valence: float, volume
                     margin_ev: float) -> int:
     """Bands per spin needed to reach E_F + margin at every k-point (free-electron count + 20 % + 4).
 
-    Bands wholly 20 eV below E_F (semicore) are counted as such and kept out of the free-electron gas.
+    Bands wholly 25 eV below E_F (semicore) are counted as such and kept out of the free-electron gas
+    (20 eV put Ca 3p there and came out one band short; 25 eV was never short on 166 cells, docs/dft.md).
     """
-    deep = int(np.sum(eps_skn[0].max(axis=0) < efermi - 20.0))
+    deep = int(np.sum(eps_skn[0].max(axis=0) < efermi - 25.0))
     n_rest = max(n_valence - 2 * deep, 1.0)
     vol = volume_a3 / BOHR_A**3
     ef0 = 0.5 * (3 * math.pi**2 * n_rest / vol) ** (2 / 3)  # Ha
     k = math.sqrt(2 * (ef0 + margin_ev / HARTREE_EV))
     states = vol * k**3 / (6 * math.pi**2)
-    return deep + int(math.ceil(1.2 * states)) + 4
+    return deep + math.ceil(1.2 * states) + 4
 
 
 def more_bands(eps_skn: np.ndarray, target_ev: float, nbands: int) -> int:
@@ -117,7 +120,16 @@ def more_bands(eps_skn: np.ndarray, target_ev: float, nbands: int) -> int:
     bottom = float(eps_skn[:, :, 0].min())
     top = float(eps_skn[:, :, -1].min())
     ratio = ((target_ev - bottom) / max(top - bottom, 1e-3)) ** 1.5
-    return int(math.ceil(nbands * max(ratio, 1.0) * 1.15)) + 4
+    return math.ceil(nbands * max(ratio, 1.0) * 1.15) + 4
+
+
+def setup_valence(symbol: str, setup_dir: str) -> float:
+    """Valence electrons of the default PBE setup, read from its XML header (no GPAW import needed)."""
+    with gzip.open(os.path.join(setup_dir, f"{symbol}.PBE.gz"), "rt") as fh:
+        match = re.search(r'<atom [^>]*valence="([0-9.]+)"', fh.read(2000))
+    if not match:
+        raise ValueError(f"no valence in the {symbol} setup header")
+    return float(match.group(1))
 
 
 def write_npz_atomic(path: str, arrays: dict[str, Any]) -> None:
@@ -145,7 +157,8 @@ def _eigenvalues(calc: Any, nbands: int) -> tuple[np.ndarray, np.ndarray]:
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """SCF, pseudo density, non-SCF DOS with a band-coverage check; returns the npz arrays."""
     from ase import Atoms
-    from gpaw import GPAW, PW, __version__ as gpaw_version
+    from gpaw import GPAW, PW
+    from gpaw import __version__ as gpaw_version
 
     p = job["protocol"]
     t0 = time.time()
@@ -157,14 +170,26 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     kscf = mp_kpts(atoms.cell[:], p["kpt_density_scf"])
     kdos = mp_kpts(atoms.cell[:], p["kpt_density_dos"], p["kpt_max_dos"])
     symmetry = {"tolerance": p["symmetry_tolerance"]}
-    calc = GPAW(mode=PW(p["ecut_ev"]), xc=p["xc"], kpts={"size": kscf, "gamma": True},
-                occupations={"name": p["occupations"], "width": p["smearing_ev"]},
-                setups=job.get("setups") or "paw", spinpol=spin, maxiter=p["scf_maxiter"],
-                symmetry=symmetry,
-                convergence={"energy": p["scf_energy_tol_ev"], "density": p["scf_density_tol"]},
-                txt=log)
-    atoms.calc = calc
-    energy = float(atoms.get_potential_energy())
+    # GPAW caps its default band count at the setups' bound partial waves: Ca and Ba get 5 bands for 10
+    # electrons, no empty band, E_F = inf and a failed run (the seed's failures); Se, I, Sb, Sn, Cs keep
+    # too few to be sure occupations are not truncated. Use GPAW's formula uncapped, and add bands until
+    # the SCF's highest band stays scf_band_margin_ev above E_F at every k-point.
+    n_guess = sum(setup_valence(s, p["setup_dir"]) for s in job["symbols"])
+    nbands_scf = math.ceil(0.6 * (n_guess + abs(sum(job.get("magmoms") or [0.0])))) + 4
+    for attempt in range(3):
+        calc = GPAW(mode=PW(p["ecut_ev"]), xc=p["xc"], kpts={"size": kscf, "gamma": True}, nbands=nbands_scf,
+                    occupations={"name": p["occupations"], "width": p["smearing_ev"]},
+                    setups=job.get("setups") or "paw", spinpol=spin, maxiter=p["scf_maxiter"], symmetry=symmetry,
+                    convergence={"energy": p["scf_energy_tol_ev"], "density": p["scf_density_tol"]},
+                    txt=(log + (f".scf{attempt}" if attempt else "")) if log else None)
+        atoms.calc = calc
+        energy = float(atoms.get_potential_energy())
+        eps_scf, w_scf = _eigenvalues(calc, calc.get_number_of_bands())
+        scf_margin = float(eps_scf[:, :, -1].min() - calc.get_fermi_level())
+        if scf_margin >= p["scf_band_margin_ev"]:
+            break
+        nbands_scf = math.ceil(1.5 * nbands_scf) + 4
+    assert scf_margin >= p["scf_band_margin_ev"], f"SCF highest band only {scf_margin:+.2f} eV above E_F"
     t_scf = time.time() - t0
     n_valence = float(calc.get_number_of_electrons())
     magmom = float(calc.get_magnetic_moment()) if spin else 0.0
@@ -173,13 +198,12 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     pseudo_integral = float(nt.mean() * volume)
     density = fourier_resample(nt, int(p["density_grid"]))
 
-    eps_scf, _ = _eigenvalues(calc, calc.get_number_of_bands())
     nconv = estimate_nbands(eps_scf, float(calc.get_fermi_level()), n_valence, volume, p["band_margin_ev"])
     energies_rel = np.linspace(p["dos_emin_ev"], p["dos_emax_ev"], int(p["dos_npoints"]))
     t1 = time.time()
     retries = 0
     while True:
-        buffer = max(4, int(math.ceil(0.1 * nconv)))
+        buffer = max(4, math.ceil(0.1 * nconv))
         dcalc = calc.fixed_density(nbands=nconv + buffer, kpts={"size": kdos, "gamma": True},
                                    symmetry=symmetry if p["dos_symmetry"] == "irreducible" else "off",
                                    convergence={"bands": nconv, "eigenstates": p["dos_eigenstates_tol"]},
@@ -200,7 +224,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     dos_s = gaussian_dos(eps, w_k, energies_rel + ref, p["dos_sigma_ev"])
     try:
         efermi_gpaw = float(dcalc.get_fermi_level())
-    except Exception:  # GPAW's search can fail where the bisection does not
+    except Exception:  # noqa: BLE001 - GPAW's search can fail where the bisection does not
         efermi_gpaw = float("nan")
     out: dict[str, Any] = {
         "energy_grid": energies_rel, "dos": dos_s.sum(axis=0).astype(np.float32),
@@ -211,11 +235,13 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "vbm": vbm, "cbm": cbm, "magmom": magmom, "spin_polarized": spin, "n_valence": n_valence,
         "kpts_scf": np.array(kscf), "kpts_dos": np.array(kdos),
         "nk_scf_ibz": len(calc.get_ibz_k_points()), "nk_dos_ibz": len(w_k),
+        "nbands_scf": nbands_scf, "scf_band_margin": scf_margin,
         "nbands": nconv, "nbands_needed": int(np.sum(eps.min(axis=(0, 1)) < ref + p["band_margin_ev"])) + 1,
         "nbands_total": nconv + buffer, "band_top_min": top, "band_retries": retries,
         "seconds_scf": t_scf, "seconds_dos": t_dos, "seconds": time.time() - t0,
         "protocol": json.dumps(p), "setups": json.dumps(job.get("setups") or {}),
         "symbols": np.array(job["symbols"]), "gpaw_version": gpaw_version,
+        "eps_scf": eps_scf, "w_scf": w_scf,  # SCF eigenvalues (eV), for band-count diagnostics
     }
     if spin:
         out["dos_spin"] = dos_s.astype(np.float32)
@@ -227,7 +253,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    job = json.load(sys.stdin) if argv[1] == "-" else json.load(open(argv[1]))
+    if argv[1] == "-":
+        job = json.load(sys.stdin)
+    else:
+        with open(argv[1]) as fh:
+            job = json.load(fh)
     write_npz_atomic(job["out"], run(job))
     return 0
 
