@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dft_validate)
 
     sub.add_parser("pretrain", help="contrastive pre-training: mlcm pretrain --help (same as torchrun's entry)")
+    sub.add_parser("evaluate", help="retrieval, fine-tuning ablation, inverse design, Magpie+RF: mlcm evaluate --help")
 
     p = sub.add_parser("finetune", help="fine-tune the crystal encoder on one property")
     p.add_argument("--target", required=True,
@@ -306,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         from mlcm_core.train.pretrain_cli import main as pretrain_main
 
         return pretrain_main(argv[1:])
+    if argv[:1] == ["evaluate"]:
+        from mlcm_core.evaluate.cli import main as evaluate_main
+
+        return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
     from mlcm_core.data.store import StoreError
 

@@ -1,0 +1,170 @@
+"""``mlcm evaluate``: run the evaluation and write results.json + the markdown report.
+
+Why a function of argv: ``mlcm_core.cli`` dispatches ``mlcm evaluate ...`` here (as it does for pretrain), and
+``python -m mlcm_core.evaluate`` runs the same code; the exact command is recorded in the report.
+
+Defaults: ``--budget quick`` writes to var/eval/quick/ (a smoke test must never overwrite the real report);
+``--budget full`` writes docs/results.json and docs/results.md. Runs go to ``--run-dir`` (default
+var/runs/evaluate/<budget>); re-running with the same run directory resumes and reuses finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlcm_core.data.store import DatasetStore
+    from mlcm_core.evaluate.ablation import Budget
+
+__all__ = ["build_parser", "main", "run_evaluation"]
+
+DEFAULT_STORE = Path("precomputed") / "dataset"
+
+
+def build_parser(prog: str = "mlcm evaluate") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="retrieval, inverse design, Magpie+RF baseline and the "
+                                                       "pre-training ablation; writes results.json + markdown")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="dataset store directory")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="pre-training run or checkpoint directory to evaluate (retrieval, rank, inverse design)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated pre-training methods for the ablation (default: scratch, clip_crystal_dos, "
+                        "all_pairs_clip, anchored_clip, tensor_clip, barlow_twins); 'none' skips the ablation")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the budget's)")
+    p.add_argument("--budget", choices=("quick", "full"), default="quick")
+    p.add_argument("--budget-overrides", default=None,
+                   help='JSON object of Budget fields to change, e.g. \'{"finetune_epochs": 50}\'')
+    p.add_argument("--targets", default=None, help="comma-separated fine-tuning targets (default: the budget's)")
+    p.add_argument("--split", default="test", help="split of the retrieval / inverse-design queries")
+    p.add_argument("--no-baseline", action="store_true", help="skip Magpie + RF")
+    p.add_argument("--no-comparison", action="store_true", help="skip the 2- vs 3-modal comparison")
+    p.add_argument("--run-dir", type=Path, default=None, help="where runs go (default var/runs/evaluate/<budget>)")
+    p.add_argument("--out-json", type=Path, default=None, help="default docs/results.json (full), var/eval/quick/ (quick)")
+    p.add_argument("--out-md", type=Path, default=None, help="default docs/results.md (full), var/eval/quick/ (quick)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-verify", action="store_true", help="skip the store's SHA-256 check")
+    return p
+
+
+def _git() -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=False).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=10, check=False).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty}
+
+
+def _data_counts(store: DatasetStore) -> dict[str, dict[str, int]]:
+    t = store.table
+    s, d, c = (t[col].fillna(False).astype(bool) for col in ("has_structure", "has_dos", "has_charge_density"))
+    out = {}
+    for split in ("train", "val", "test"):
+        m = t["split"] == split
+        out[split] = {"materials": int(m.sum()), "structure": int((m & s).sum()), "dos": int((m & d).sum()),
+                      "density": int((m & c).sum()), "structure_and_dos": int((m & s & d).sum()),
+                      "all_three": int((m & s & d & c).sum())}
+    return out
+
+
+def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | None = None,
+                   methods: Sequence[str] = (), seeds: Sequence[int] | None = None,
+                   targets: Sequence[str] | None = None, split: str = "test", baseline: bool = True,
+                   comparison: bool = True, run_dir: Path | None = None, command: str = "",
+                   store_path: Path | None = None, log: Any = None) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-ready dict (see ``report.render_markdown``)."""
+    from mlcm_core.evaluate.ablation import eval_device, run_ablation
+    from mlcm_core.evaluate.baseline import magpie_rf_over_seeds
+    from mlcm_core.evaluate.model_eval import evaluate_model
+
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    start = time.perf_counter()
+    seeds = list(budget.seeds if seeds is None else seeds)
+    targets = list(budget.targets if targets is None else targets)
+    manifest = (Path(store.root) / "manifest.json")
+    results: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "command": command,
+        "git": _git(), "budget": budget.to_dict(), "seeds": seeds, "targets": targets, "split": split,
+        "store": {"path": str(store_path or store.root), "shards": len(store.manifest["shards"]),
+                  "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None,
+                  "info": store.info()},
+        "data_counts": _data_counts(store), "checkpoint": None, "baseline": None, "ablation": None,
+    }
+    if checkpoint is not None:
+        from mlcm_core.models.multimodal import MultimodalModel
+        from mlcm_core.train.checkpoint import read_checkpoint_info
+
+        log(f"[evaluate] checkpoint {checkpoint}")
+        info = read_checkpoint_info(checkpoint)
+        model = MultimodalModel.from_checkpoint(checkpoint, map_location=eval_device(budget.device))
+        results["checkpoint"] = {
+            "path": str(checkpoint), "resolved": str(info.path), "step": info.step, "epoch": info.epoch,
+            "modalities": list(model.config.modalities),
+            "eval": evaluate_model(model, store, split, rank_max_rows=budget.rank_max_rows,
+                                   inverse_ks=budget.inverse_ks, inverse_random_seeds=budget.inverse_random_seeds,
+                                   batch_size=budget.eval_batch_size)}
+    if baseline:
+        log("[evaluate] Magpie + random forest baseline")
+        results["baseline"] = magpie_rf_over_seeds(store, targets, seeds, n_estimators=budget.rf_n_estimators,
+                                                   grid=budget.rf_grid, max_train_rows=budget.finetune_max_rows)
+    if methods:
+        results["ablation"] = run_ablation(store, list(methods), seeds, budget, out_dir=run_dir, targets=targets,
+                                           compare=comparison, split=split, log=log).to_dict()
+    results["seconds"] = time.perf_counter() - start
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mlcm evaluate [options]`` (argv without the leading "evaluate"); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from mlcm_core import load_dataset
+    from mlcm_core.evaluate.ablation import BUDGETS, DEFAULT_METHODS
+    from mlcm_core.evaluate.report import write_report
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    budget = BUDGETS[args.budget]
+    if args.budget_overrides:
+        budget = budget.with_overrides(json.loads(args.budget_overrides))
+    if args.methods is None:
+        methods = list(DEFAULT_METHODS)
+    elif args.methods.strip().lower() in ("", "none"):
+        methods = []
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
+    default_dir = Path("docs") if budget.name == "full" else Path("var") / "eval" / budget.name
+    out_json = args.out_json or default_dir / "results.json"
+    out_md = args.out_md or default_dir / "results.md"
+    try:
+        store = load_dataset(args.store, verify=not args.no_verify)
+        results = run_evaluation(store, budget=budget, checkpoint=args.checkpoint, methods=methods, seeds=args.seeds,
+                                 targets=targets, split=args.split, baseline=not args.no_baseline,
+                                 comparison=not args.no_comparison, run_dir=args.run_dir,
+                                 command="mlcm evaluate " + shlex.join(argv), store_path=args.store)
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = write_report(results, out_json, out_md)
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
