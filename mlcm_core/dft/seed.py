@@ -30,7 +30,7 @@ __all__ = [
     "seed_structures",
 ]
 
-SEED_DIR = Path("/work/shared/data/dft-seed")
+SEED_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "dft-seed"  # ../shared beside the checkout
 SEED_SOURCE = "dft-seed"
 
 

@@ -12,6 +12,7 @@ from pymatgen.core import Lattice, Structure
 
 from mlcm_core.data.conventions import DOS_ENERGIES
 from mlcm_core.dft import engine
+from mlcm_core.dft.seed import SEED_DIR
 from mlcm_core.dft.engine import (
     Cancelled,
     DFTError,
@@ -101,7 +102,7 @@ def test_run_many_resumes_and_records_failures(tmp_path: Path) -> None:
 
 
 def test_record_from_seed_npz() -> None:
-    npz = Path("/work/shared/data/dft-seed/mp-10.npz")
+    npz = SEED_DIR / "mp-10.npz"
     if not npz.exists():
         pytest.skip("seed not present")
     rec = engine.record_from_npz(npz, "mp-10", None, source="dft-seed", protocol=PROTOCOL)
@@ -158,7 +159,7 @@ def test_gpaw_pseudo_density_matches_vasp_chgcar(tmp_path: Path) -> None:
     from mlcm_core.dft.validate import chgcar_density, density_correlation
 
     chgcar = next((p for p in (Path(__file__).parents[1] / "files/vasp-si/CHGCAR.gz",
-                               Path("/work/shared/data/sources/vasp-si/CHGCAR.gz")) if p.exists()), None)
+                               SEED_DIR.parent / "sources" / "vasp-si" / "CHGCAR.gz") if p.exists()), None)
     if chgcar is None:
         pytest.skip("no VASP Si CHGCAR")
     reason = gpaw_available()
