@@ -1,0 +1,208 @@
+"""Build the explorer's precomputed folder: embeddings, the fitted map, map positions, the model copy.
+
+Layout written to ``<out_dir>/explore/`` (the app loads it with ``Explorer.load(out_dir)``)::
+
+    manifest.json     what was built from what: store (path relative to this folder, its shards),
+                      checkpoint (weights SHA-256, step, original path), UMAP settings, counts, and the
+                      SHA-256 of every file below (verified by Explorer.load before anything is read)
+    embeddings.npz    EmbeddingTable (float16, see embed.py)
+    projection.npz    UMAPProjection (plain arrays, no pickle, see projection.py)
+    map.npz           ids, (N, 2) positions and how each was placed ("umap" or "neighbours:<modalities>")
+    model/            a copy of the checkpoint's model.safetensors + checkpoint.json, so queries embed with
+                      exactly the weights the gallery was embedded with, even after the training run has
+                      rotated its checkpoints away
+
+The folder is assembled under a temporary name and renamed into place, replacing an older build only
+once the new one is complete. Run ``python -m mlcm_core.explore.build --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlcm_core.explore.embed import EmbeddingTable, atomic_write, embed_store, sha256_file
+from mlcm_core.explore.index import TopKIndex
+from mlcm_core.explore.projection import UMAPProjection, place_by_neighbours
+
+__all__ = ["EXPLORE_DIR", "MANIFEST_FORMAT", "build_precomputed", "default_checkpoint", "placement_vectors"]
+
+EXPLORE_DIR = "explore"
+MANIFEST_FORMAT = "mlcm-explore"
+MANIFEST_VERSION = 1
+DEFAULT_RUN = Path(__file__).resolve().parents[2] / "var" / "runs" / "pt_allpairs"
+
+
+def default_checkpoint(run_dir: str | Path = DEFAULT_RUN) -> Path:
+    """The latest checkpoint of the pre-training run (var/runs/pt_allpairs by default)."""
+    from mlcm_core.train.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint under {run_dir}; pass one explicitly")
+    return ckpt
+
+
+def _copy_checkpoint(checkpoint: str | Path, dest: Path) -> Path:
+    """Copy weights + checkpoint.json (not the optimizer state) and verify the copy against checkpoint.json."""
+    from mlcm_core.train.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointError, read_checkpoint_info
+
+    info = read_checkpoint_info(checkpoint)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_FILE, META_FILE):
+        shutil.copy2(info.path / name, dest / name)
+    meta = json.loads((dest / META_FILE).read_text())
+    expected = (meta.get("files") or {}).get(WEIGHTS_FILE)
+    if expected is not None and sha256_file(dest / WEIGHTS_FILE) != expected:
+        raise CheckpointError(f"the copy of {info.path / WEIGHTS_FILE} does not match its checkpoint.json "
+                              "(was it replaced while copying?)")
+    meta["files"] = {WEIGHTS_FILE: sha256_file(dest / WEIGHTS_FILE)}  # the training state is not copied
+    meta.setdefault("extra", {})["copied_from"] = str(info.path)
+    (dest / META_FILE).write_text(json.dumps(meta, indent=1))
+    return dest
+
+
+def placement_vectors(table: EmbeddingTable, positions: np.ndarray) -> np.ndarray:
+    """(len(positions), D) unit vectors for materials without a crystal embedding: mean of what they have."""
+    d = table.dim
+    acc = np.zeros((len(positions), d), np.float32)
+    lookup = {m: table.row_lookup(m) for m in table.modalities if m != "crystal"}
+    for m, rows in lookup.items():
+        r = rows[positions]
+        have = r >= 0
+        acc[have] += table.vectors[m][r[have]].astype(np.float32)
+    norm = np.linalg.norm(acc, axis=1, keepdims=True)
+    return acc / np.maximum(norm, 1e-12)
+
+
+def build_precomputed(
+    store_path: str | Path,
+    checkpoint: str | Path | None,
+    out_dir: str | Path,
+    *,
+    ids: Sequence[str] | None = None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int | None = 0,
+    place_k: int = 10,
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    workers: int = 0,
+    verify_store: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Embed a store, fit the map and write ``<out_dir>/explore/`` (see the module docstring).
+
+    Args:
+        store_path: the dataset store.
+        checkpoint: checkpoint or run directory; None = latest of var/runs/pt_allpairs.
+        out_dir: e.g. ``precomputed/``; the result goes to ``out_dir/explore``.
+        ids: embed only these materials (default: all).
+        n_neighbors, min_dist: UMAP settings (cosine metric).
+        seed: UMAP random state (None: parallel, not reproducible).
+        place_k: crystals averaged to place a material without a structure.
+        batch_size, cache_dir, workers: see ``embed_store``.
+
+    Returns:
+        the path of the written ``explore`` folder.
+    """
+    from mlcm_core.data.store import DatasetStore
+
+    store = DatasetStore.open(store_path, verify=verify_store)
+    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / EXPLORE_DIR
+    tmp = out_dir / f".{EXPLORE_DIR}-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        model_dir = _copy_checkpoint(ckpt, tmp / "model")
+        table = embed_store(store, model_dir, ids=ids, batch_size=batch_size, cache_dir=cache_dir, workers=workers,
+                            progress=progress)
+        if "crystal" not in table.rows or len(table.rows["crystal"]) < 4:
+            raise ValueError("the map needs crystal embeddings of at least 4 materials")
+        table.meta["checkpoint_path"] = str(Path(table.meta["checkpoint_path"]).relative_to(tmp))
+        table.save(tmp)
+
+        crystal = table.vectors["crystal"]
+        projection = UMAPProjection.fit(crystal, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed)
+        projection.save(tmp)
+
+        xy = np.zeros((len(table), 2), np.float32)
+        placed_by = np.empty(len(table), dtype=object)
+        xy[table.rows["crystal"]] = projection.embedding
+        placed_by[table.rows["crystal"]] = "umap"
+        others = np.flatnonzero(~table.has("crystal"))
+        if len(others):
+            index = TopKIndex(crystal)
+            xy[others] = place_by_neighbours(placement_vectors(table, others), index, projection.embedding, k=place_k)
+            for k in others:
+                mods = [m for m in table.modalities if m != "crystal" and table.has(m)[k]]
+                placed_by[k] = "neighbours:" + "+".join(mods)
+        atomic_write(tmp / "map.npz", lambda f: np.savez(f, ids=table.ids, xy=xy, placed_by=placed_by.astype(str)))
+
+        store_root = Path(store.root).resolve()
+        try:
+            store_ref = os.path.relpath(store_root, final.resolve())
+        except ValueError:  # another drive (Windows)
+            store_ref = str(store_root)
+        files = {name: sha256_file(tmp / name) for name in ("embeddings.npz", "projection.npz", "map.npz",
+                                                             "model/model.safetensors", "model/checkpoint.json")}
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "store": {"path": store_ref, "shards": table.meta["store_shards"],
+                      "materials": len(store.table)},
+            "checkpoint": {"sha256": table.meta["checkpoint_sha256"], "step": table.meta["checkpoint_step"],
+                           "epoch": table.meta["checkpoint_epoch"], "copied_from": str(ckpt.resolve()),
+                           "embed_dim": table.meta["embed_dim"]},
+            "umap": {k: projection.params[k] for k in ("n_neighbors", "min_dist", "metric", "random_state",
+                                                       "umap_version")},
+            "placement": {"other_modalities": f"similarity-weighted mean of the top-{place_k} crystals"},
+            "counts": {"materials": len(table), **{m: len(r) for m, r in table.rows.items()}},
+            "files": files,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        old = out_dir / f".{EXPLORE_DIR}-old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the explorer's precomputed folder (<out>/explore).")
+    parser.add_argument("--store", default="precomputed/dataset")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint or run dir (default: latest of var/runs/pt_allpairs)")
+    parser.add_argument("--out", default="precomputed")
+    parser.add_argument("--limit", type=int, default=None, help="embed only the first N materials (a quick check)")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    ids = None
+    if args.limit is not None:
+        from mlcm_core.data.store import DatasetStore
+
+        ids = DatasetStore.open(args.store, verify=False).table["id"].head(args.limit).tolist()
+    path = build_precomputed(args.store, args.checkpoint, args.out, ids=ids, workers=args.workers,
+                             cache_dir=args.cache_dir, seed=args.seed)
+    print(json.dumps(json.loads((path / "manifest.json").read_text())["counts"]))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

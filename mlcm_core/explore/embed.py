@@ -1,0 +1,295 @@
+"""Embed every material of a store with each modality encoder it has data for, and keep the result.
+
+Why precompute: the explorer answers queries in milliseconds by comparing one new embedding against all
+stored ones; running three encoders over the whole store (crystal graphs need PotNet lattice sums) takes
+far longer, so it is done once per checkpoint and saved.
+
+Storage (``embeddings.npz``, numpy's zip of ``.npy`` arrays, read with ``allow_pickle=False``):
+
+    ids                   (N,) unicode   every material that has at least one embedding
+    <modality>__rows      (n_m,) int64   positions in ``ids`` of the materials with that modality
+    <modality>__vectors   (n_m, D) float16  their L2-normalised embeddings (half the bytes of float32;
+                                            cosine similarities change by < 1e-3)
+    meta                  () unicode     JSON: checkpoint SHA-256 / step / path, model config, store
+                                         shard list, counts, creation time
+
+Only present modalities are stored (no zero rows for missing ones). The file is written to a temporary
+name in the same folder and renamed into place, so a reader never sees a half-written file. The
+checkpoint's weight-file SHA-256 is recorded so that an embedding table can never be silently paired with
+another model (the explorer checks it before embedding a query).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mlcm_core.data.store import DatasetStore
+    from mlcm_core.models.multimodal import MultimodalModel
+
+__all__ = ["EMBEDDINGS_FILE", "EmbeddingTable", "embed_store", "load_model_verified", "sha256_file"]
+
+EMBEDDINGS_FILE = "embeddings.npz"
+FORMAT_VERSION = 1
+_MODALITIES = ("crystal", "dos", "density")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, fsync, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class EmbeddingTable:
+    """Per-modality float16 embeddings of a set of materials (see the module docstring for the layout).
+
+    Attributes:
+        ids: (N,) material ids.
+        rows: modality -> (n_m,) int64 positions in ``ids``.
+        vectors: modality -> (n_m, D) float16 unit vectors, aligned with ``rows``.
+        meta: provenance (checkpoint SHA-256 and step, model config, store manifest SHA-256, ...).
+    """
+
+    ids: np.ndarray
+    rows: dict[str, np.ndarray]
+    vectors: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids).astype(str)
+        for m in list(self.rows):
+            self.rows[m] = np.asarray(self.rows[m], dtype=np.int64)
+            self.vectors[m] = np.asarray(self.vectors[m], dtype=np.float16)
+            if self.vectors[m].ndim != 2 or len(self.vectors[m]) != len(self.rows[m]):
+                raise ValueError(f"{m}: {len(self.rows[m])} rows but vectors of shape {self.vectors[m].shape}")
+        self._pos: dict[str, int] | None = None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in _MODALITIES if m in self.rows)
+
+    @property
+    def dim(self) -> int:
+        return next(iter(self.vectors.values())).shape[1] if self.vectors else 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def position(self, material_id: str) -> int:
+        """Index of ``material_id`` in ``ids`` (KeyError if it has no embedding)."""
+        if self._pos is None:
+            self._pos = {m: k for k, m in enumerate(self.ids.tolist())}
+        try:
+            return self._pos[material_id]
+        except KeyError:
+            raise KeyError(f"material {material_id!r} has no embedding (unknown id, or embedded before it was added)") from None
+
+    def has(self, modality: str) -> np.ndarray:
+        """(N,) bool: which materials have an embedding of ``modality``."""
+        out = np.zeros(len(self.ids), dtype=bool)
+        if modality in self.rows:
+            out[self.rows[modality]] = True
+        return out
+
+    def row_lookup(self, modality: str) -> np.ndarray:
+        """(N,) int64: the row in ``vectors[modality]`` of each material, -1 where it has none."""
+        out = np.full(len(self.ids), -1, dtype=np.int64)
+        if modality in self.rows:
+            out[self.rows[modality]] = np.arange(len(self.rows[modality]))
+        return out
+
+    def get(self, material_id: str, modality: str) -> np.ndarray | None:
+        """(D,) float32 embedding of one material in one modality, or None if it lacks it."""
+        if modality not in self.rows:
+            return None
+        r = self.row_lookup(modality)[self.position(material_id)]
+        return None if r < 0 else self.vectors[modality][r].astype(np.float32)
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def save(self, directory: str | Path, name: str = EMBEDDINGS_FILE) -> Path:
+        """Write ``directory/name`` atomically; returns its path."""
+        path = Path(directory) / name
+        arrays: dict[str, np.ndarray] = {"ids": self.ids.astype(str), "meta": np.array(json.dumps(self.meta))}
+        for m in self.modalities:
+            arrays[f"{m}__rows"] = self.rows[m]
+            arrays[f"{m}__vectors"] = self.vectors[m]
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, expected_sha256: str | None = None) -> EmbeddingTable:
+        """Read a table written by ``save`` (no pickle); with ``expected_sha256`` the file is verified first."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / EMBEDDINGS_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"no embedding table at {path}")
+        if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+            raise ValueError(f"checksum mismatch for {path}: the file is corrupt or was replaced")
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            rows = {m: z[f"{m}__rows"] for m in _MODALITIES if f"{m}__rows" in z.files}
+            vectors = {m: z[f"{m}__vectors"] for m in rows}
+            ids = z["ids"]
+        return cls(ids=ids, rows=rows, vectors=vectors, meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# embedding a store
+
+
+def load_model_verified(checkpoint: str | Path) -> tuple[MultimodalModel, dict[str, Any]]:
+    """Load a checkpoint (directory, or run directory -> its latest) and describe it for provenance.
+
+    The weight file's SHA-256 is computed here and must equal the one checkpoint.json records (so a file
+    swapped in between is caught); the model is then loaded by the checkpoint module, which checks it again.
+    """
+    from mlcm_core.models.multimodal import MultimodalModel
+    from mlcm_core.train.checkpoint import WEIGHTS_FILE, CheckpointError, read_checkpoint_info
+
+    info = read_checkpoint_info(checkpoint)
+    weights = info.path / WEIGHTS_FILE
+    if not weights.exists():
+        raise CheckpointError(f"missing {weights}")
+    digest = sha256_file(weights)
+    if info.files.get(WEIGHTS_FILE) not in (None, digest):
+        raise CheckpointError(f"checksum mismatch for {weights}: the file is corrupt or was replaced")
+    model = MultimodalModel.from_checkpoint(info.path)
+    model.eval()
+    desc = {"checkpoint_sha256": digest, "checkpoint_path": str(info.path), "checkpoint_step": info.step,
+            "checkpoint_epoch": info.epoch, "model_config": info.model_config,
+            "embed_dim": int(model.config.embed_dim), "modalities": list(model.config.modalities)}
+    return model, desc
+
+
+def _batched(seq: Sequence[Any], size: int):
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def embed_store(
+    store: DatasetStore,
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    ids: Sequence[str] | None = None,
+    modalities: Sequence[str] | None = None,
+    batch_size: int = 64,
+    chunk: int = 512,
+    cache_dir: str | Path | None = None,
+    workers: int = 0,
+    progress: bool = False,
+) -> EmbeddingTable:
+    """Embed every material (or ``ids``) with each encoder it has data for.
+
+    Args:
+        store: an open DatasetStore.
+        checkpoint: a checkpoint directory, or a run directory (its latest checkpoint is used).
+        out_dir: if given, the table is also written there (``embeddings.npz``, atomically).
+        ids: a subset of material ids (default: all).
+        modalities: which encoders to run (default: all the model has).
+        batch_size: materials per encoder call.
+        chunk: materials featurized / read from the store at a time (bounds memory).
+        cache_dir: crystal-graph cache (default var/cache/graphs, shared with training).
+        workers: processes for featurizing uncached structures.
+        progress: show progress bars.
+
+    Returns:
+        the EmbeddingTable; materials with no embeddable modality are left out. A structure that cannot be
+        featurized is reported in a RuntimeWarning and treated as missing.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from mlcm_core.featurize.dataset import MultimodalDataset
+
+    model, desc = load_model_verified(checkpoint)
+    mods = [m for m in _MODALITIES if m in model.encoders and (modalities is None or m in modalities)]
+    if modalities is not None and set(modalities) - set(_MODALITIES):
+        raise ValueError(f"unknown modalities {sorted(set(modalities) - set(_MODALITIES))}; choose from {_MODALITIES}")
+    table = store.table
+    if ids is not None:
+        ids = [str(i) for i in ids]
+        known = set(table["id"])
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise KeyError(f"unknown material ids: {missing[:5]}")
+        table = table.set_index("id").loc[ids].reset_index()
+    all_ids = table["id"].astype(str).tolist()
+    flags = {"crystal": "has_structure", "dos": "has_dos", "density": "has_charge_density"}
+    got: dict[str, tuple[list[str], list[np.ndarray]]] = {m: ([], []) for m in mods}
+
+    with torch.no_grad():
+        for m in mods:
+            todo = [i for i, f in zip(all_ids, table[flags[m]].fillna(False).astype(bool)) if f]
+            bar = tqdm(total=len(todo), desc=f"embedding {m}", unit="mat", disable=not progress)
+            for part in _batched(todo, chunk if m != "density" else max(1, min(chunk, 64))):
+                if m == "crystal":
+                    ds = MultimodalDataset(store, part, graph_config=model.config.graph, cache_dir=cache_dir,
+                                           modalities=("crystal",), labels=[], workers=workers, progress=False)
+                    keep = [k for k in range(len(part)) if ds.has["crystal"][k]]
+                    graphs = [ds[k].graph for k in keep]
+                    for b in _batched(list(range(len(keep))), batch_size):
+                        z = model.embed("crystal", [graphs[j] for j in b]).cpu().numpy()
+                        got[m][0].extend(part[keep[j]] for j in b)
+                        got[m][1].append(z)
+                else:
+                    arr = store.dos(part) if m == "dos" else store.density(part)
+                    for b in _batched(list(range(len(part))), batch_size):
+                        z = model.embed(m, arr[b]).cpu().numpy()
+                        got[m][0].extend(part[j] for j in b)
+                        got[m][1].append(z)
+                bar.update(len(part))
+            bar.close()
+
+    embedded: set[str] = set()
+    for m in mods:
+        embedded.update(got[m][0])
+    out_ids = np.array([i for i in all_ids if i in embedded], dtype=str)
+    pos = {i: k for k, i in enumerate(out_ids.tolist())}
+    rows, vectors = {}, {}
+    for m in mods:
+        m_ids, blocks = got[m]
+        rows[m] = np.array([pos[i] for i in m_ids], dtype=np.int64)
+        vectors[m] = (np.concatenate(blocks) if blocks else np.zeros((0, model.config.embed_dim), np.float32)).astype(np.float16)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **desc,
+        "store_path": str(store.root),
+        "store_shards": [sh["name"] for sh in store.manifest["shards"]],  # append-only: this IS its version
+        "counts": {m: len(rows[m]) for m in mods},
+        "dtype": "float16, L2-normalised in float32 before the cast",
+    }
+    result = EmbeddingTable(ids=out_ids, rows=rows, vectors=vectors, meta=meta)
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
