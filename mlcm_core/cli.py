@@ -146,9 +146,9 @@ def cmd_dft_ingest(args: argparse.Namespace) -> int:
     failed = set(json.loads(DFT_FAILED.read_text())) if DFT_FAILED.exists() else set()
     new_failed = {p.name.split(".")[0] for p in args.results.glob("*.failed")} - failed
     if new_failed:
-        tmp = DFT_FAILED.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(failed | new_failed), indent=0))
-        os.replace(tmp, DFT_FAILED)
+        from mlcm_core.io import atomic_write_text
+
+        atomic_write_text(DFT_FAILED, json.dumps(sorted(failed | new_failed), indent=0))
         print(f"recorded {len(new_failed)} failures in {DFT_FAILED}")
     if not records:
         print("no new results to ingest")

@@ -36,6 +36,8 @@ from mlcm_core.data.conventions import (
     quantize_density,
 )
 from mlcm_core.data.record import MaterialRecord
+from mlcm_core.io import atomic_write_text as _atomic_write_text
+from mlcm_core.io import sha256_file
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -62,22 +64,6 @@ class StoreError(RuntimeError):
 
 class ChecksumError(StoreError):
     """A file's SHA-256 differs from the manifest."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def split_of_group(group: str, seed: int) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 from mlcm_core.data.conventions import DENSITY_GRID, DOS_ENERGIES
 from mlcm_core.data.record import DensityData, DOSData, MaterialRecord
 from mlcm_core.dft.protocol import PROTOCOL, DFTProtocol
+from mlcm_core.io import atomic_write_text
 
 __all__ = [
     "GPAW_PYTHON",
@@ -307,9 +308,7 @@ class RunSummary:
 
 
 def _write_failed(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def run_many(structures: dict[str, Any], out_dir: str | Path, workers: int = 1, timeout: float | None = None,

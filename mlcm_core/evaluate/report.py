@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from itertools import permutations
 from pathlib import Path
 from typing import Any
+
+from mlcm_core.io import atomic_write_text
 
 __all__ = ["jsonable", "render_markdown", "write_report"]
 
@@ -284,9 +285,6 @@ def write_report(results: Mapping[str, Any], out_json: str | Path, out_md: str |
     paths = []
     for path, text in ((Path(out_json), json.dumps(jsonable(results), indent=1) + "\n"),
                        (Path(out_md), render_markdown(jsonable(results)))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
         paths.append(path)
     return paths[0], paths[1]

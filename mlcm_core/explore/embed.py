@@ -22,16 +22,15 @@ another model (the explorer checks it before embedding a query).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mlcm_core.io import atomic_write, sha256_file
 
 if TYPE_CHECKING:
     from mlcm_core.data.store import DatasetStore
@@ -42,29 +41,6 @@ __all__ = ["EMBEDDINGS_FILE", "EmbeddingTable", "embed_store", "load_model_verif
 EMBEDDINGS_FILE = "embeddings.npz"
 FORMAT_VERSION = 1
 _MODALITIES = ("crystal", "dos", "density")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, fsync, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +42,7 @@ from torch_geometric.data import Batch, Data
 
 from mlcm_core.data.conventions import DENSITY_GRID, DOS_N_POINTS, LABELS
 from mlcm_core.featurize.crystal_graph import CrystalGraphConfig, collate_graphs, structure_to_graph
+from mlcm_core.io import atomic_write, atomic_write_bytes as _atomic_write_bytes
 
 if TYPE_CHECKING:
     from mlcm_core.data.store import DatasetStore
@@ -136,25 +135,7 @@ class GraphCache:
         if not (self.root / "config.json").exists():
             _atomic_write_bytes(self.root / "config.json", json.dumps(
                 {"graph_config": asdict(self.config), "featurizer_sha256": _featurizer_fingerprint()}, indent=1).encode())
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(_graph_to_tensors(graph), f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda f: torch.save(_graph_to_tensors(graph), f))
 
 
 def _featurize_json(args: tuple[str, CrystalGraphConfig]) -> dict[str, Tensor] | str:

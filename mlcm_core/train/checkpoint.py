@@ -19,7 +19,6 @@ half-written checkpoint under the final name.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import random
@@ -33,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from mlcm_core.io import sha256_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -77,14 +78,6 @@ class CheckpointInfo:
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -191,7 +184,7 @@ def save_checkpoint(
             "epoch": int(epoch),
             "train_config": _jsonable(train_config),
             "extra": dict(extra or {}),
-            "files": {f: _sha256(tmp / f) for f in files},
+            "files": {f: sha256_file(tmp / f) for f in files},
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "torch_version": torch.__version__,
         }
@@ -256,7 +249,7 @@ def _verify(info: CheckpointInfo, name: str) -> Path:
     if not path.exists():
         raise CheckpointError(f"missing {path}")
     expected = info.files.get(name)
-    if expected is not None and _sha256(path) != expected:
+    if expected is not None and sha256_file(path) != expected:
         raise CheckpointError(f"checksum mismatch for {path}: the file is corrupt or was replaced")
     return path
 
