@@ -16,7 +16,7 @@ DEFAULT_SOURCES = Path("..") / "shared" / "data" / "sources"
 
 
 def _shard_name(kind: str) -> str:
-    return f"{kind}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+    return f"{kind}-{_dt.datetime.now(_dt.UTC).strftime('%Y%m%dT%H%M%S')}"
 
 
 def _open_or_create(path: Path):

@@ -11,21 +11,21 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "DOS_E_MIN",
-    "DOS_E_MAX",
-    "DOS_N_POINTS",
-    "DOS_ENERGIES",
     "DENSITY_GRID",
+    "DOS_ENERGIES",
+    "DOS_E_MAX",
+    "DOS_E_MIN",
+    "DOS_N_POINTS",
     "GAP_THRESHOLD_EV",
-    "LabelSpec",
     "LABELS",
+    "LabelSpec",
     "QuantizedDensity",
-    "standardize_dos",
+    "dequantize_density",
     "dos_gap_and_vbm",
     "gaussian_broaden",
     "quantize_density",
-    "dequantize_density",
     "resample_density",
+    "standardize_dos",
 ]
 
 DOS_E_MIN = -10.0  # eV, relative to the VBM (gapped) or E_F (metals)

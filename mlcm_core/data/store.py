@@ -42,7 +42,7 @@ from mlcm_core.io import sha256_file
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-__all__ = ["SCHEMA_VERSION", "ChecksumError", "StoreError", "DatasetStore", "sha256_file"]
+__all__ = ["SCHEMA_VERSION", "ChecksumError", "DatasetStore", "StoreError", "sha256_file"]
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -91,7 +91,7 @@ def _structure_info(structure: Structure) -> _StructureInfo:
     try:
         sga = SpacegroupAnalyzer(structure, symprec=0.1)
         number, symbol, system = sga.get_space_group_number(), sga.get_space_group_symbol(), sga.get_crystal_system()
-    except Exception:  # spglib fails on some pathological cells; the material is still usable
+    except Exception:  # noqa: BLE001 - spglib fails on some pathological cells; the material stays usable
         number, symbol, system = None, None, None
     return _StructureInfo(
         formula=structure.composition.reduced_formula,
@@ -244,7 +244,7 @@ class DatasetStore:
             raise
         self.manifest["shards"].append({
             "name": shard_name, "n_rows": len(table), "files": digests, "provenance": provenance,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         })
         self.__dict__.pop("table", None)
         self.__dict__.pop("_indexed", None)
@@ -364,7 +364,7 @@ class DatasetStore:
             return {"materials": 0, "modalities": {"structure": 0, "dos": 0, "charge_density": 0}, "all_three": 0, "labels": {}}
         s, d, c = t["has_structure"].astype(bool), t["has_dos"].astype(bool), t["has_charge_density"].astype(bool)
         return {
-            "materials": int(len(t)),
+            "materials": len(t),
             "modalities": {"structure": int(s.sum()), "dos": int(d.sum()), "charge_density": int(c.sum())},
             "all_three": int((s & d & c).sum()),
             "labels": {k: int(t[k].notna().sum()) for k in LABELS if k in t and t[k].notna().any()},

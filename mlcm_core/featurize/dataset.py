@@ -42,7 +42,8 @@ from torch_geometric.data import Batch, Data
 
 from mlcm_core.data.conventions import DENSITY_GRID, DOS_N_POINTS, LABELS
 from mlcm_core.featurize.crystal_graph import CrystalGraphConfig, collate_graphs, structure_to_graph
-from mlcm_core.io import atomic_write, atomic_write_bytes as _atomic_write_bytes
+from mlcm_core.io import atomic_write
+from mlcm_core.io import atomic_write_bytes as _atomic_write_bytes
 
 if TYPE_CHECKING:
     from mlcm_core.data.store import DatasetStore

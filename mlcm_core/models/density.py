@@ -33,12 +33,12 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "DensityEncoderConfig",
     "DensityEncoder",
+    "DensityEncoderConfig",
     "PeriodicConv3d",
     "ResNeXtBottleneck",
-    "periodic_pad",
     "normalize_density",
+    "periodic_pad",
     "random_periodic_translation",
 ]
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from mlcm_core.data.conventions import DOS_ENERGIES, DOS_N_POINTS
 
-__all__ = ["DOSEncoderConfig", "DOSEncoder", "EnergyEmbedding", "normalize_dos"]
+__all__ = ["DOSEncoder", "DOSEncoderConfig", "EnergyEmbedding", "normalize_dos"]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from pymatgen.core import Lattice, Structure
 
 from mlcm_core.data.conventions import DOS_ENERGIES
 from mlcm_core.dft import engine
-from mlcm_core.dft.seed import SEED_DIR
 from mlcm_core.dft.engine import (
     Cancelled,
     DFTError,
@@ -25,6 +24,7 @@ from mlcm_core.dft.engine import (
     run_worker,
 )
 from mlcm_core.dft.protocol import LOW_PROTOCOL, PROTOCOL
+from mlcm_core.dft.seed import SEED_DIR
 
 A_SI = 5.468
 

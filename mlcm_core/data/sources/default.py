@@ -18,7 +18,7 @@ import pandas as pd
 from mlcm_core.data.conventions import dos_gap_and_vbm, standardize_dos
 from mlcm_core.data.record import DensityData, DOSData, MaterialRecord
 
-__all__ = ["matminer_records", "cdvae_records", "multimat_records", "build_default"]
+__all__ = ["build_default", "cdvae_records", "matminer_records", "multimat_records"]
 
 MATMINER_FILES = {
     # file -> {csv column: label column}
