@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["app_command", "main"]
 
 DEFAULT_STORE = Path("precomputed") / "dataset"
 DEFAULT_SOURCES = Path("..") / "shared" / "data" / "sources"
@@ -165,18 +165,12 @@ def cmd_dft_ingest_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_dft_validate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from mlcm_core.data.store import DatasetStore
-    from mlcm_core.dft.validate import validate
+    from mlcm_core.dft.validate import read_target_dos, validate
 
+    target = read_target_dos(args.target_dos)  # 601 values or (energy, dos) columns; checked before any work
     store = DatasetStore.open(args.store)
     structure = store.structure(args.material)
-    target = np.loadtxt(args.target_dos, delimiter="," if args.target_dos.suffix == ".csv" else None)
-    if target.ndim == 2:  # (energy, dos) columns on any grid -> the standard grid
-        from mlcm_core.data.conventions import standardize_dos
-
-        target = standardize_dos(target[:, 0], target[:, 1], reference_energy=0.0)
     result = validate(structure, target, material_id=args.material, timeout=args.timeout)
     print(json.dumps({"material": args.material, "dos_mae": result.mae, "seconds": result.seconds,
                       "estimated_seconds": result.estimate.seconds}))
@@ -197,18 +191,30 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def app_command(address: str = "127.0.0.1", port: int = 5006, allow_websocket_origin: str | None = None,
+                show: bool = False) -> list[str]:
+    """The `panel serve` command line that `mlcm app` runs (a pure function, so it can be tested).
+
+    Binds ``address`` (127.0.0.1 by default: only this machine can connect) and always passes
+    ``--allow-websocket-origin``, so Bokeh's origin check stays on: pages served from other origins
+    cannot open a session.
+    """
+    app = Path(__file__).resolve().parents[1] / "app" / "main.py"
+    origin = allow_websocket_origin or f"{'localhost' if address == '127.0.0.1' else address}:{port}"
+    cmd = [sys.executable, "-m", "panel", "serve", str(app), "--address", address, "--port", str(port),
+           "--allow-websocket-origin", origin]
+    if address == "127.0.0.1":
+        cmd += ["--allow-websocket-origin", f"127.0.0.1:{port}"]
+    if show:
+        cmd.append("--show")
+    return cmd
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     """Serve the dashboard on 127.0.0.1 unless --address says otherwise; origin check stays on."""
     import subprocess
 
-    app = Path(__file__).resolve().parents[1] / "app" / "main.py"
-    origin = args.allow_websocket_origin or f"{'localhost' if args.address == '127.0.0.1' else args.address}:{args.port}"
-    cmd = [sys.executable, "-m", "panel", "serve", str(app), "--address", args.address, "--port", str(args.port),
-           "--allow-websocket-origin", origin]
-    if args.address == "127.0.0.1":
-        cmd += ["--allow-websocket-origin", f"127.0.0.1:{args.port}"]
-    if args.show:
-        cmd.append("--show")
+    cmd = app_command(args.address, args.port, args.allow_websocket_origin, args.show)
     print(" ".join(cmd))
     return subprocess.call(cmd)
 

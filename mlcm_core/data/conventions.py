@@ -135,7 +135,10 @@ def standardize_dos(
     shifted = energies - reference_energy
     channels = np.atleast_2d(arr)
     out = np.stack([np.interp(DOS_ENERGIES, shifted, ch, left=0.0, right=0.0) for ch in channels])
-    out = np.clip(out, 0.0, None).astype(np.float32)
+    out = np.clip(out, 0.0, None)
+    if np.any(out > np.finfo(np.float32).max):
+        raise ValueError(f"DOS values up to {out.max():.3g} overflow float32")
+    out = out.astype(np.float32)
     return out[0] if arr.ndim == 1 else out
 
 

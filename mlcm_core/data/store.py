@@ -193,10 +193,13 @@ class DatasetStore:
             raise StoreError(f"no dataset store at {root} (missing {MANIFEST})")
         try:
             manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise StoreError(f"{path} is not valid JSON: {e}") from e
+        if not isinstance(manifest, dict):
+            raise StoreError(f"{path}: not a store manifest (a JSON object is expected)")
         if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{path}: schema version {manifest.get('schema_version')} != {SCHEMA_VERSION}")
+            raise StoreError(f"{path}: schema version {manifest.get('schema_version')!r} != {SCHEMA_VERSION}")
+        _check_manifest_layout(path, manifest)
         store = cls(root, manifest)
         if verify:
             store.verify()
@@ -355,7 +358,11 @@ class DatasetStore:
         text = self._indexed.at[material_id, "structure_json"]
         if not isinstance(text, str):
             raise KeyError(f"{material_id} has no structure")
-        return Structure.from_dict(json.loads(text))
+        doc = json.loads(text)
+        if _names_python_objects(doc.get("sites")):  # pymatgen decodes site properties with MontyDecoder
+            raise StoreError(f"{material_id}: its structure JSON names Python objects (@module/@callable in its "
+                             "sites); refusing to decode it")
+        return Structure.from_dict(doc)
 
     def info(self) -> dict[str, Any]:
         """Counts per modality, all three, label coverage: what `mlcm data info` prints."""
@@ -372,6 +379,33 @@ class DatasetStore:
             "splits": {k: int(v) for k, v in t["split"].value_counts().items()},
             "shards": len(self.manifest["shards"]),
         }
+
+
+def _check_manifest_layout(path: Path, manifest: dict[str, Any]) -> None:
+    """Shards as a list of {name, files: {shards/<name>/<file>: sha256}}; no path may leave the store."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise StoreError(f"{path}: 'shards' must be a list")
+    for k, shard in enumerate(shards):
+        name = shard.get("name") if isinstance(shard, dict) else None
+        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise StoreError(f"{path}: shard {k} has no valid name (a plain folder name is expected)")
+        files = shard.get("files")
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise StoreError(f"{path}: shard {name!r} must list its files as {{path: sha256}}")
+        for rel in files:
+            parts = Path(rel).parts
+            if len(parts) != 3 or parts[:2] != ("shards", name) or parts[2] in (".", ".."):
+                raise StoreError(f"{path}: shard {name!r} lists {rel!r}, outside shards/{name}/")
+
+
+def _names_python_objects(value: Any) -> bool:
+    """True if a JSON value holds MontyDecoder references ({"@module": ...}), which import modules on decoding."""
+    if isinstance(value, dict):
+        return "@module" in value or "@callable" in value or any(_names_python_objects(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_names_python_objects(v) for v in value)
+    return False
 
 
 def _sg(number: Any) -> int:

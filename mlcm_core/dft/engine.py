@@ -216,7 +216,7 @@ def run_worker(job: dict[str, Any], timeout: float | None = None, cancel: thread
         proc = subprocess.Popen([python, str(WORKER), "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 stderr=err, env=_worker_env(threads), start_new_session=True)
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps(job).encode())
+        proc.stdin.write(json.dumps({**job, "parent_pid": os.getpid()}).encode())  # the worker exits if we die
         proc.stdin.close()
         start, reason = time.monotonic(), None
         while proc.poll() is None:

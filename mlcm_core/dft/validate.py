@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from mlcm_core.data.record import MaterialRecord
 from mlcm_core.dft.engine import CostEstimate, compute, estimate_cost
 from mlcm_core.dft.protocol import PROTOCOL, DFTProtocol
 
-__all__ = ["ValidationResult", "chgcar_density", "density_correlation", "dos_mae", "validate"]
+__all__ = ["ValidationResult", "check_target_dos", "chgcar_density", "density_correlation", "dos_mae",
+           "read_target_dos", "validate"]
 
 
 def dos_mae(a: np.ndarray, b: np.ndarray, window: tuple[float, float] = (-5.0, 5.0),
@@ -45,6 +47,74 @@ def dos_mae(a: np.ndarray, b: np.ndarray, window: tuple[float, float] = (-5.0, 5
             raise ValueError("a DOS curve has no area in the window")
         curves.append(c / area)
     return float(np.mean(np.abs(curves[0] - curves[1])))
+
+
+def check_target_dos(target: Any, window: tuple[float, float] = (-5.0, 5.0), what: str = "target DOS") -> np.ndarray:
+    """A (601,) target on DOS_ENERGIES that dos_mae can score: finite, >= 0, with area in ``window``.
+
+    Checked before any calculation, so a bad target fails in milliseconds, not after the GPAW run.
+    """
+    arr = np.asarray(target, dtype=float)
+    if arr.shape != DOS_ENERGIES.shape:
+        raise ValueError(f"{what} has shape {arr.shape}; expected {DOS_ENERGIES.shape} values on DOS_ENERGIES "
+                         "(or give (energy, DOS) columns)")
+    if not np.all(np.isfinite(arr)):
+        first = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise ValueError(f"{what} contains NaN or infinite values (first at point {first})")
+    if np.any(arr < 0):
+        k = int(np.flatnonzero(arr < 0)[0])
+        raise ValueError(f"{what} has a negative value at point {k} ({arr[k]:g}); a DOS is >= 0")
+    inside = (DOS_ENERGIES >= window[0] - 1e-9) & (DOS_ENERGIES <= window[1] + 1e-9)
+    if not np.any(arr[inside] > 0):
+        raise ValueError(f"{what} is zero everywhere on the scored window {window[0]:g}..{window[1]:g} eV")
+    return arr
+
+
+def read_target_dos(path: str | Path) -> np.ndarray:
+    """A target DOS file as (601,) on DOS_ENERGIES: 601 values, or (energy eV, DOS) rows on any increasing grid.
+
+    Comma-separated for ``.csv``, else whitespace; ``#`` comments and one header line allowed. Raises
+    ValueError naming the file and the problem (unreadable, wrong length or columns, NaN, negative values,
+    energies not increasing).
+    """
+    from mlcm_core.data.conventions import standardize_dos
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: target DOS file not found")
+    delimiter = "," if path.suffix.lower() == ".csv" else None
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8-sig").splitlines()
+                 if ln.strip() and not ln.lstrip().startswith("#")]
+        if lines:
+            try:
+                float(lines[0].split(delimiter)[0])
+            except ValueError:
+                lines = lines[1:]  # a header line such as "energy_eV,dos"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # numpy's "empty input": reported below
+            table = np.loadtxt(lines, delimiter=delimiter, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a table of numbers ({str(e).splitlines()[0][:160]})") from e
+    if table.size == 0:
+        raise ValueError(f"{path}: no values")
+    if table.shape[1] == 1:
+        return check_target_dos(table[:, 0], what=f"{path}: target DOS")
+    if table.shape[1] != 2 or len(table) < 2:
+        raise ValueError(f"{path}: {table.shape[0]} rows of {table.shape[1]} columns; expected 601 values or "
+                         ">= 2 rows of (energy eV, DOS)")
+    energy, dos = table[:, 0], table[:, 1]
+    if not np.all(np.isfinite(table)):
+        row = int(np.flatnonzero(~np.isfinite(table).all(axis=1))[0]) + 1
+        raise ValueError(f"{path}: NaN or infinite value in row {row}")
+    if np.any(dos < 0):
+        k = int(np.flatnonzero(dos < 0)[0])
+        raise ValueError(f"{path}: negative DOS value {dos[k]:g} at {energy[k]:g} eV (row {k + 1}); a DOS is >= 0")
+    if not np.all(np.diff(energy) > 0):
+        k = int(np.flatnonzero(np.diff(energy) <= 0)[0])
+        raise ValueError(f"{path}: energies are not strictly increasing "
+                         f"(row {k + 2}: {energy[k]:g} -> {energy[k + 1]:g} eV)")
+    return check_target_dos(standardize_dos(energy, dos, reference_energy=0.0), what=f"{path}: target DOS")
 
 
 def density_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,6 +158,7 @@ def validate(structure: Any, target_dos: np.ndarray, material_id: str = "validat
     The cost estimate is reported before the (possibly long) run starts, so a caller can cancel in time.
     out_dir defaults to a temporary directory (nothing kept); pass one to keep or reuse the npz.
     """
+    target_dos = check_target_dos(target_dos)  # before the (possibly hour-long) run, not after it
     estimate = estimate_cost(structure, protocol)
     report(f"estimated cost: {estimate}")
     start = time.time()

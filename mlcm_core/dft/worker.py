@@ -6,7 +6,8 @@ imports only the standard library, numpy, ase and gpaw (the last two inside `run
 import the pure helpers below for tests). Usage: `/usr/bin/python3 worker.py JOB.json` or `... -` (stdin).
 
 Job keys: id, cell [3x3 Å], symbols, frac, protocol (DFTProtocol.to_dict()), setups ({el: ':d,U'}),
-magmoms (list or null), out (npz path), log (GPAW text log path or null).
+magmoms (list or null), out (npz path), log (GPAW text log path or null), parent_pid (optional: the
+worker exits when that process is gone).
 """
 
 from __future__ import annotations
@@ -249,6 +250,26 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def watch_parent(parent_pid: int | None, interval: float = 1.0) -> None:
+    """Exit as soon as the process that started this worker is gone.
+
+    That process enforces the per-material timeout and cancellation; after a kill -9 of `mlcm dft run`
+    the worker (in its own session) would otherwise run on as an orphan with no timeout at all.
+    """
+    import threading
+
+    if not parent_pid:
+        return
+
+    def loop() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(interval)
+
+    threading.Thread(target=loop, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -258,6 +279,7 @@ def main(argv: list[str]) -> int:
     else:
         with open(argv[1]) as fh:
             job = json.load(fh)
+    watch_parent(job.get("parent_pid"))
     write_npz_atomic(job["out"], run(job))
     return 0
 

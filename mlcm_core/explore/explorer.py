@@ -98,12 +98,50 @@ def _find_explore_dir(path: Path) -> Path:
     for cand in (path / EXPLORE_DIR, path):
         if (cand / "manifest.json").exists():
             try:
-                if json.loads((cand / "manifest.json").read_text()).get("format") == MANIFEST_FORMAT:
+                doc = json.loads((cand / "manifest.json").read_text())
+                if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT:
                     return cand
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ExplorerError(f"{cand / 'manifest.json'} is not valid JSON: {e}") from e
     raise ExplorerError(f"no explorer data under {path} (expected {path / EXPLORE_DIR}/manifest.json; "
                         "build it with mlcm_core.explore.build_precomputed)")
+
+
+_REQUIRED_FILES = ("embeddings.npz", "projection.npz", "map.npz", "model/model.safetensors")
+
+
+def _check_manifest(path: Path, manifest: Any) -> None:
+    """The explorer manifest's shape; file names must stay inside its folder."""
+    if not isinstance(manifest, dict):
+        raise ExplorerError(f"{path}: not an explorer manifest (a JSON object is expected)")
+    files, store, ckpt = manifest.get("files", {}), manifest.get("store"), manifest.get("checkpoint")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise ExplorerError(f"{path}: 'files' must map file names to SHA-256 strings")
+    bad = [n for n in files if Path(n).is_absolute() or ".." in Path(n).parts]
+    if bad:
+        raise ExplorerError(f"{path}: file names leave the explorer folder: {bad[:3]}")
+    if not (isinstance(store, dict) and isinstance(store.get("path"), str)
+            and isinstance(store.get("shards", []), list)):
+        raise ExplorerError(f"{path}: 'store' must hold the store's path and shard list")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("sha256"), str):
+        raise ExplorerError(f"{path}: 'checkpoint' must hold the weights' sha256")
+
+
+def _load_map(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        ids, xy, placed_by = z["ids"].astype(str), z["xy"].astype(np.float32), z["placed_by"].astype(str)
+    if xy.ndim != 2 or xy.shape[1:] != (2,):
+        raise ValueError(f"xy has shape {xy.shape}, expected (N, 2)")
+    return ids, xy, placed_by
+
+
+def _read_npz(path: Path, reader: Any) -> Any:
+    """``reader(path)``, with every failure (missing key, pickled objects, bad zip) an ExplorerError naming it."""
+    try:
+        return reader(path)
+    except Exception as e:  # numpy/zipfile raise ValueError, KeyError, BadZipFile, OSError, ...
+        raise ExplorerError(f"{path} is unreadable or malformed ({type(e).__name__}: {str(e)[:200]}); "
+                            "rebuild it with mlcm_core.explore.build_precomputed") from e
 
 
 class Explorer:
@@ -159,8 +197,12 @@ class Explorer:
 
         directory = _find_explore_dir(Path(precomputed_dir))
         manifest = json.loads((directory / "manifest.json").read_text())
+        _check_manifest(directory / "manifest.json", manifest)
         files = manifest.get("files", {})
         if verify:
+            unlisted = [n for n in _REQUIRED_FILES if n not in files]
+            if unlisted:
+                raise ExplorerError(f"{directory / 'manifest.json'} lists no checksum for {unlisted}: cannot verify")
             for name, digest in files.items():
                 path = directory / name
                 if not path.exists():
@@ -182,10 +224,11 @@ class Explorer:
             warnings.warn(f"the store has {len(new)} shard(s) newer than the explorer data ({new[:3]}): materials "
                           "and modalities they add are not searchable until build_precomputed is run again",
                           RuntimeWarning, stacklevel=2)
-        embeddings = EmbeddingTable.load(directory / "embeddings.npz")
-        projection = UMAPProjection.load(directory / "projection.npz")
-        with np.load(directory / "map.npz", allow_pickle=False) as z:
-            ids, xy, placed_by = z["ids"].astype(str), z["xy"].astype(np.float32), z["placed_by"].astype(str)
+        embeddings = _read_npz(directory / "embeddings.npz", EmbeddingTable.load)
+        projection = _read_npz(directory / "projection.npz", UMAPProjection.load)
+        ids, xy, placed_by = _read_npz(directory / "map.npz", _load_map)
+        if len(xy) != len(ids) or len(placed_by) != len(ids):
+            raise ExplorerError(f"{directory / 'map.npz'}: ids, xy and placed_by differ in length")
         if embeddings.meta.get("checkpoint_sha256") != manifest["checkpoint"]["sha256"]:
             raise ExplorerError("embeddings.npz was made with another checkpoint than the manifest names")
         root = Path(export_root) if export_root is not None else Path.cwd() / "var" / "exports"

@@ -4,13 +4,13 @@ Why strict: the drawn curve becomes a query embedding, and a silently "repaired"
 confident results for something the user did not draw. The rules:
 
 * at least 2 points; x and y 1-D, the same length, finite (no NaN or inf), at most ``MAX_POINTS``;
-* y >= 0 (a density of states cannot be negative); its scale is free (the DOS encoder normalises each
-  curve by its mean, so only the shape matters);
+* 0 <= y <= 1e30 (a density of states cannot be negative; the result is float32); its scale is free
+  (the DOS encoder normalises each curve by its mean, so only the shape matters);
 * x in eV on the project's convention (zero at the VBM for gapped materials, else E_F);
 * direction: a polyline drawn right-to-left (x strictly decreasing overall) is REVERSED and accepted,
   since the drawing direction carries no meaning; a polyline whose x goes back and forth is REJECTED
-  (the curve would not be a function of energy); repeated x values (vertical strokes) are merged to
-  the mean of their y values;
+  (the curve would not be a function of energy); repeated x values (vertical strokes; x within 1e-9 eV)
+  are merged to the mean of their y values;
 * outside the drawn energy range the DOS is 0 (as for every stored DOS outside its source's window);
   the drawing must overlap -10..10 eV and be non-zero somewhere on it.
 """
@@ -26,6 +26,7 @@ from mlcm_core.data.conventions import DOS_E_MAX, DOS_E_MIN, DOS_ENERGIES
 __all__ = ["MAX_POINTS", "DrawnDOSError", "resample_polyline"]
 
 MAX_POINTS = 100_000
+_Y_MAX = 1e30  # far above any DOS; keeps the float32 curve and the encoder's per-curve mean finite
 
 
 class DrawnDOSError(ValueError):
@@ -68,6 +69,9 @@ def resample_polyline(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.n
     neg = np.flatnonzero(ya < 0)
     if len(neg):
         raise DrawnDOSError(f"DOS values must be >= 0; point {neg[0]} has y = {ya[neg[0]]:g} at x = {xa[neg[0]]:g} eV")
+    big = np.flatnonzero(ya > _Y_MAX)
+    if len(big):
+        raise DrawnDOSError(f"DOS values must be below {_Y_MAX:.3g}; point {big[0]} has y = {ya[big[0]]:g}")
 
     dx = np.diff(xa)
     if np.all(dx <= 0) and xa[-1] < xa[0]:  # drawn right-to-left: same curve, reversed order
@@ -76,7 +80,9 @@ def resample_polyline(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.n
         k = int(np.flatnonzero(dx < 0)[0]) + 1
         raise DrawnDOSError(f"x goes back at point {k} ({xa[k - 1]:g} -> {xa[k]:g} eV): a DOS must be drawn in one "
                             "direction along the energy axis")
-    # merge repeated x (vertical strokes) into the mean y
+    # merge repeated x (vertical strokes) into the mean y; x closer than 1e-9 eV counts as repeated (a
+    # near-zero step would make the interpolation slope overflow to inf/NaN)
+    xa = np.round(xa, 9)
     ux, start = np.unique(xa, return_index=True)
     if len(ux) < len(xa):
         ya = np.add.reduceat(ya, start) / np.diff(np.append(start, len(xa)))

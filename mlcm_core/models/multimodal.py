@@ -261,10 +261,13 @@ class MultimodalModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MultimodalModel:
         """Rebuild the model from a checkpoint directory written by ``save_checkpoint`` / pre-training."""
-        from mlcm_core.train.checkpoint import load_checkpoint, read_checkpoint_info
+        from mlcm_core.train.checkpoint import META_FILE, CheckpointError, load_checkpoint, read_checkpoint_info
 
         info = read_checkpoint_info(path)
-        model = cls(MultimodalConfig.from_dict(info.model_config))
+        try:
+            model = cls(MultimodalConfig.from_dict(info.model_config))
+        except (ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{info.path / META_FILE}: its model_config does not build a model: {e}") from e
         load_checkpoint(path, model, map_location=map_location)
         return model.to(map_location)
 

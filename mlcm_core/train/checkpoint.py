@@ -233,11 +233,22 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     meta_path = ckpt / META_FILE
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {meta_path}: {e}") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: not a checkpoint description (a JSON object is expected)")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{meta_path}: checkpoint format_version {version!r}, this code reads {FORMAT_VERSION}")
+    kinds = {"model_config": dict, "extra": dict, "files": dict, "train_config": dict, "model_class": str}
+    for key, kind in kinds.items():
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise CheckpointError(f"{meta_path}: {key!r} must be a {kind.__name__}, got {type(meta[key]).__name__}")
+    if not all(isinstance(v, str) for v in (meta.get("files") or {}).values()):
+        raise CheckpointError(f"{meta_path}: 'files' must map file names to SHA-256 strings")
+    for key in ("step", "epoch"):
+        if not isinstance(meta.get(key, 0), int) or isinstance(meta.get(key, 0), bool) or meta.get(key, 0) < 0:
+            raise CheckpointError(f"{meta_path}: {key!r} must be a non-negative integer, got {meta.get(key)!r}")
     return CheckpointInfo(path=ckpt, format_version=version, model_class=meta.get("model_class", ""),
                           model_config=meta.get("model_config") or {}, step=int(meta.get("step", 0)),
                           epoch=int(meta.get("epoch", 0)), train_config=meta.get("train_config"),

@@ -37,6 +37,10 @@ class StructureFileLimits:
     max_bytes: int = 5 * 1024**2
     max_sites: int = 500
     max_volume: float = 1e5  # Å^3
+    # CIF atom rows x symmetry operations, checked BEFORE pymatgen expands them: the expansion costs
+    # O(generated x unique) time, so a 50 kB CIF of general positions in a 192-operation group would
+    # otherwise pin a core for most of an hour before max_sites could refuse it (~2 s at this bound).
+    max_cif_expansion: int = 4000
 
 
 def _format_of(path: Path) -> Format | None:
@@ -69,10 +73,34 @@ def _read_text(path: Path, max_bytes: int) -> tuple[str, bytes]:
         return data.decode("latin-1"), data
 
 
-def _parse(path: Path, text: str, fmt: Format) -> Structure:
+def _check_cif_expansion(path: Path, text: str, limit: int) -> None:
+    """Refuse a CIF whose symmetry expansion would be too costly, from its rows and operations alone."""
+    from pymatgen.io.cif import CifParser
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pymatgen's warnings come (once) from _parse
+            parser = CifParser.from_str(text)
+            total = 0
+            for block in parser._cif.data.values():  # pymatgen expands every block, not only the first
+                rows = max((len(block.data.get(k, [])) for k in
+                            ("_atom_site_label", "_atom_site_type_symbol", "_atom_site_fract_x", "_atom_site_Cartn_x")),
+                           default=0)
+                if rows:
+                    total += rows * max(1, len(parser.get_symops(block)))
+    except Exception:  # noqa: BLE001 - unparsable here means unparsable in _parse, which names the problem
+        return
+    if total > limit:
+        raise StructureFileError(f"{path}: absurd cell: the CIF's atom rows x symmetry operations give up to {total} "
+                                 f"atoms to generate, above the {limit} limit")
+
+
+def _parse(path: Path, text: str, fmt: Format, limits: StructureFileLimits = StructureFileLimits()) -> Structure:
     """Parse with pymatgen, turning its many exception types and silent guesses into one error."""
     from pymatgen.core import Structure
 
+    if fmt == "cif":
+        _check_cif_expansion(path, text, limits.max_cif_expansion)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -100,6 +128,11 @@ def _check(path: Path, structure: Structure, limits: StructureFileLimits) -> Non
     n_sites = len(structure)
     if n_sites == 0:
         raise StructureFileError(f"{path}: no atoms")
+    from pymatgen.core import DummySpecies
+
+    unknown = sorted({el.symbol for el in structure.composition.elements if isinstance(el, DummySpecies)})
+    if unknown:  # pymatgen turns an unknown symbol (a typo, garbled text) into a dummy species
+        raise StructureFileError(f"{path}: unknown element symbol(s) {unknown}")
     if not structure.is_ordered:
         site = next(site for site in structure if not site.is_ordered)
         where = np.round(site.frac_coords, 4).tolist()
@@ -140,7 +173,7 @@ def read_structure_file(path: str | Path, limits: StructureFileLimits = Structur
     if fmt is None:
         raise StructureFileError(f"{path}: unsupported file type (expected {_SUPPORTED})")
     text, data = _read_text(path, limits.max_bytes)
-    structure = _parse(path, text, fmt)
+    structure = _parse(path, text, fmt, limits)
     _check(path, structure, limits)
     return MaterialRecord(
         id=f"file:{path.stem}",

@@ -161,17 +161,35 @@ def _parse_doscar(path: Path) -> tuple[int, float, np.ndarray]:
     """(number of ions, E_F, total block (NEDOS, columns)) of a DOSCAR."""
     from monty.io import zopen
 
-    with zopen(str(path), "rt") as handle:
-        lines = handle.read().splitlines()
+    try:
+        with zopen(str(path), "rt") as handle:
+            lines = handle.read().splitlines()
+    except (UnicodeDecodeError, EOFError, OSError) as exc:  # binary content, a damaged .gz
+        raise VaspInputError(f"{path}: not a readable DOSCAR ({_brief(exc)})") from exc
     try:
         n_ions = int(lines[0].split()[0])
         _emax, _emin, n_points, efermi = (float(x) for x in lines[5].split()[:4])
+        if not (n_points == int(n_points) and n_points >= 2):
+            raise ValueError(f"NEDOS {n_points:g} is not an integer >= 2")
         rows = [_FORTRAN_EXPONENT.sub(r"E\1", line).split() for line in lines[6 : 6 + int(n_points)]]
+        widths = sorted({len(r) for r in rows})
+        if len(rows) != int(n_points) or len(widths) != 1:
+            raise VaspInputError(f"{path}: the total-DOS block should hold NEDOS = {int(n_points)} rows of 3 or 5 "
+                                 f"columns; found {len(rows)} rows of {widths} columns (truncated or garbled file)")
         block = np.array(rows, dtype=float)
-    except (IndexError, ValueError) as exc:
+    except VaspInputError:
+        raise
+    except (IndexError, ValueError, OverflowError) as exc:
         raise VaspInputError(f"{path}: not a readable DOSCAR ({exc})") from exc
     if block.ndim != 2 or block.shape[0] != int(n_points) or block.shape[1] not in (3, 5):
         raise VaspInputError(f"{path}: total-DOS block has shape {block.shape}, expected ({int(n_points)}, 3 or 5)")
+    bad = np.flatnonzero(~np.all(np.isfinite(block), axis=1))
+    if len(bad) or not np.isfinite(efermi):
+        raise VaspInputError(f"{path}: NaN or infinite value in the DOSCAR (line {bad[0] + 7 if len(bad) else 6})")
+    if not np.all(np.diff(block[:, 0]) > 0):
+        k = int(np.flatnonzero(np.diff(block[:, 0]) <= 0)[0])
+        raise VaspInputError(f"{path}: DOSCAR energies are not strictly increasing (line {k + 8}: "
+                             f"{block[k, 0]:g} -> {block[k + 1, 0]:g} eV)")
     return n_ions, efermi, block
 
 
@@ -230,16 +248,86 @@ def density_from_volumetric(chg: VolumetricData, *, theory: str = _DEFAULT_THEOR
     )
 
 
+MAX_CHGCAR_POINTS = 512**3  # FFT grid points; a 300-atom cell at high cutoff stays far below
+
+
+def _check_chgcar_layout(path: Path) -> None:
+    """Refuse a CHGCAR whose grid line is absurd or whose first block does not hold exactly that many values.
+
+    pymatgen allocates the declared grid before reading (a hostile header asks for petabytes) and silently
+    ignores surplus values (a grid line smaller than the data gives a wrong density without an error).
+    """
+    from monty.io import zopen
+
+    with zopen(str(path), "rt", errors="replace") as fh:
+        fh.readline()  # the title, which may be empty
+        for line in fh:  # the rest of the structure, up to its blank line
+            if not line.strip():
+                break
+        else:
+            raise VaspInputError(f"{path}: not a CHGCAR (no structure block followed by a grid)")
+        grid_line = next((line for line in fh if line.strip()), "")
+        try:
+            dims = [int(x) for x in grid_line.split()]
+        except ValueError:
+            dims = []
+        if len(dims) != 3 or min(dims) < 1:
+            raise VaspInputError(f"{path}: CHGCAR grid line {grid_line.strip()[:60]!r} is not three positive integers")
+        n_points = dims[0] * dims[1] * dims[2]
+        if n_points > MAX_CHGCAR_POINTS:
+            raise VaspInputError(f"{path}: CHGCAR grid {dims} has {n_points:.3g} points, above the "
+                                 f"{MAX_CHGCAR_POINTS:.3g} limit")
+        count = 0
+        for line in fh:
+            words = line.split()
+            if not words:
+                continue
+            if words[0] == "augmentation" or (len(words) == 3 and "." not in line):  # next section / spin grid
+                break
+            count += len(words)
+            if count > n_points:
+                break
+    if count != n_points:
+        held = f"more than {n_points}" if count > n_points else str(count)
+        raise VaspInputError(f"{path}: CHGCAR grid {dims[0]}x{dims[1]}x{dims[2]} needs {n_points} values but its "
+                             f"first block holds {held} (truncated file or wrong grid)")
+
+
+def _read_chgcar(path: str | Path) -> VolumetricData:
+    """Chgcar.from_file behind the layout check; every failure is a VaspInputError naming the file."""
+    from pymatgen.io.vasp import Chgcar
+
+    path = Path(path)
+    try:
+        _check_chgcar_layout(path)
+        return Chgcar.from_file(str(path))
+    except VaspInputError:
+        raise
+    except Exception as exc:  # pymatgen raises ValueError, IndexError, MemoryError, ...
+        raise VaspInputError(f"{path}: not a readable CHGCAR ({_brief(exc)})") from exc
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def density_from_chgcar(path: str | Path, *, theory: str = "VASP (functional not recorded in CHGCAR)") -> DensityData:
     """Read a CHGCAR[.gz] and convert it with density_from_volumetric.
 
     Args:
         path: CHGCAR or CHGCAR.gz.
         theory: level of theory, when the caller knows it (a CHGCAR does not record it).
-    """
-    from pymatgen.io.vasp import Chgcar
 
-    return density_from_volumetric(Chgcar.from_file(str(path)), theory=theory)
+    Raises:
+        VaspInputError: the file is missing, truncated, garbled, has a wrong or absurd grid, or holds
+            non-finite values.
+    """
+    chg = _read_chgcar(path)
+    try:
+        return density_from_volumetric(chg, theory=theory)
+    except ValueError as exc:  # non-finite values
+        raise VaspInputError(f"{path}: {exc}") from exc
 
 
 def _check_same_cell(structure: Structure, other: Structure, what: str) -> None:
@@ -258,7 +346,10 @@ def _structure_from_files(folder: Path, chg: VolumetricData | None) -> tuple[Str
     for name in ("CONTCAR", "POSCAR"):
         found = _find(folder, name)
         if found is not None and found.stat().st_size > 0:
-            return Poscar.from_file(str(found), check_for_potcar=False).structure, f"{found.name} (structure)"
+            try:
+                return Poscar.from_file(str(found), check_for_potcar=False).structure, f"{found.name} (structure)"
+            except Exception as exc:  # pymatgen raises many types on a damaged POSCAR
+                raise VaspInputError(f"{found}: not a readable {name} ({_brief(exc)})") from exc
     if chg is not None:
         return cast("Structure", chg.structure), "CHGCAR (structure)"
     raise VaspInputError(f"{folder}: no structure (need vasprun.xml, CONTCAR, POSCAR or CHGCAR)")
@@ -274,21 +365,23 @@ def read_vasp_dir(path: str | Path) -> MaterialRecord:
         path: the run folder; files may be gzipped.
 
     Raises:
-        VaspInputError: no DOS or density file, no structure, or a CHGCAR for another cell.
+        VaspInputError: no DOS or density file, no structure, a CHGCAR for another cell, or a file
+            that is truncated, garbled or inconsistent (the message names it).
     """
-    from pymatgen.io.vasp import Chgcar
-
     folder = Path(path)
     if not folder.is_dir():
         raise VaspInputError(f"{folder}: not a folder")
     vasprun_path, doscar_path, chgcar_path = (_find(folder, n) for n in ("vasprun.xml", "DOSCAR", "CHGCAR"))
     if vasprun_path is None and doscar_path is None and chgcar_path is None:
         raise VaspInputError(f"{folder}: no vasprun.xml, DOSCAR or CHGCAR (optionally .gz)")
-    chg = None if chgcar_path is None else Chgcar.from_file(str(chgcar_path))
+    chg = None if chgcar_path is None else _read_chgcar(chgcar_path)
 
     dos: DOSData | None = None
     if vasprun_path is not None:
-        vasprun = _read_vasprun(vasprun_path)
+        try:
+            vasprun = _read_vasprun(vasprun_path)
+        except Exception as exc:  # XML, index and value errors from a damaged file
+            raise VaspInputError(f"{vasprun_path}: not a readable vasprun.xml ({_brief(exc)})") from exc
         structure, theory = vasprun.final_structure, _vasp_theory(vasprun)
         dos = _dos_from_parsed_vasprun(vasprun)
         used = [f"{vasprun_path.name} (structure, DOS, gap from eigenvalues)"]
@@ -301,7 +394,10 @@ def read_vasp_dir(path: str | Path) -> MaterialRecord:
     density = None
     if chg is not None:
         _check_same_cell(structure, cast("Structure", chg.structure), f"{folder}: CHGCAR")
-        density = density_from_volumetric(chg, theory=theory)
+        try:
+            density = density_from_volumetric(chg, theory=theory)
+        except ValueError as exc:  # non-finite values
+            raise VaspInputError(f"{chgcar_path}: {exc}") from exc
         used.append("CHGCAR (density)")
     name = folder.resolve().name
     return MaterialRecord(
