@@ -1,50 +1,511 @@
-"""AppState: the dataset the app shows and what the user has selected."""
+"""AppState: what the dashboard shows and what the user has selected, searched, uploaded.
+
+Everything the views draw comes from here, and everything here comes from the public mlcm_core API:
+``load_dataset`` (labels, DOS, densities, structures), ``mlcm_core.explore.Explorer`` (map positions, lasso
+selection, retrieval, placement of uploads, export) and ``mlcm_core.data.conventions``.
+
+Heavy objects are opened once per server process with ``pn.cache`` (the dataset store, the Explorer, the map
+frame, the clusters); per-session state is plain ``param``. Nothing here imports torch, umap or
+crystal_toolkit at module level: the Explorer loads its model on the first query, and ``warm_up`` does that
+(and the other slow first calls) in a background thread when the server starts.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
+import threading
+import time
+import traceback
+import uuid
+import warnings
+from functools import wraps
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import panel as pn
 import param
 
 from mlcm_core import load_dataset
-from mlcm_core.data.conventions import LABELS
+from mlcm_core.data.conventions import DOS_ENERGIES, LABELS
 
-DEFAULT_DATASET = Path(__file__).resolve().parents[1] / "precomputed" / "dataset"
+log = logging.getLogger("mlcm.app")
+if not log.handlers:  # the server's log shows session build times and warm-up steps
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATASET = ROOT / "precomputed" / "dataset"
+DEFAULT_EXPLORE = ROOT / "precomputed" / "explore"
+EXPORT_ROOT = ROOT / "var" / "exports"
 TABLE_COLUMNS = ["id", "formula", "source", "nsites", "spacegroup_symbol", "crystal_system",
                  "has_structure", "has_dos", "has_charge_density", "split"]
+MAX_UPLOAD_BYTES = 1_000_000  # CIF/POSCAR/CSV uploads; real crystal files are a few kB
+COVERAGE_NAMES = {(1, 0, 0): "structure", (1, 1, 0): "structure+DOS", (1, 0, 1): "structure+density",
+                  (1, 1, 1): "all three", (0, 1, 0): "DOS only", (0, 0, 1): "density only",
+                  (0, 1, 1): "DOS+density", (0, 0, 0): "none"}
 
 
+# ---- process-wide loaders (pn.cache: opened once per server process) ------------------------------
 @pn.cache(max_items=2)
 def open_dataset(path: str):
     """Opened (and checksum-verified) once per server process."""
     return load_dataset(path)
 
 
-class AppState(param.Parameterized):
-    dataset_path = param.String(default=os.environ.get("MLCM_DATASET", str(DEFAULT_DATASET)))
-    selected_ids = param.List(default=[], item_type=str, doc="materials selected in any view")
+@pn.cache(max_items=2)
+def open_explorer(explore_path: str, dataset_path: str):
+    """The Explorer over ``explore_path`` (a precomputed dir or its ``explore`` folder), on the app's store."""
+    from mlcm_core.explore import Explorer
 
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        ex = Explorer.load(explore_path, store=open_dataset(dataset_path), export_root=EXPORT_ROOT)
+    for w in caught:
+        log.warning("%s", w.message)
+    return ex
+
+
+@pn.cache(max_items=2)
+def map_frame(explore_path: str, dataset_path: str) -> pd.DataFrame:
+    """One row per map point: id, formula, x, y and every column the map can colour by."""
+    ex = open_explorer(explore_path, dataset_path)
+    t = ex.table
+    hint = ex.density_hint()
+    f = pd.DataFrame({"id": t["id"].astype(str), "formula": t["formula"].fillna("?").astype(str),
+                      "x": t["x"].astype(np.float64), "y": t["y"].astype(np.float64)})
+    f["source"] = pd.Categorical(t["source"].fillna("unknown").astype(str))
+    f["crystal_system"] = pd.Categorical(t["crystal_system"].fillna("unknown").astype(str))
+    cov = [COVERAGE_NAMES[(int(bool(s)), int(bool(d)), int(bool(c)))]
+           for s, d, c in zip(t["has_structure"], t["has_dos"], t["has_charge_density"])]
+    f["coverage"] = pd.Categorical(cov)
+    f["disagreement"] = hint.disagreement.to_numpy(np.float64)
+    f["region_count"] = hint.region_count.to_numpy(np.float64)
+    for c in property_columns(t):
+        f[c] = pd.to_numeric(t[c], errors="coerce").astype(np.float64)
+    f["elements"] = [tuple(e) if e is not None and not isinstance(e, float) else () for e in t["elements"]]
+    return f
+
+
+def property_columns(table: pd.DataFrame) -> list[str]:
+    """Label columns (conventions.LABELS) with at least one numeric value."""
+    out = []
+    for c in LABELS:
+        if c in table:
+            v = pd.to_numeric(table[c], errors="coerce")
+            if v.notna().any():
+                out.append(c)
+    return out
+
+
+@pn.cache(max_items=2)
+def map_clusters(explore_path: str, dataset_path: str) -> pd.DataFrame:
+    """HDBSCAN clusters of the 2-D map, each labelled by its dominant crystal system or chemistry.
+
+    Returns one row per cluster: cluster, label, n, x, y (label position = member median) and ``ids``.
+    """
+    from sklearn.cluster import HDBSCAN
+
+    f = map_frame(explore_path, dataset_path)
+    xy = f[["x", "y"]].to_numpy()
+    labels = HDBSCAN(min_cluster_size=max(25, len(f) // 250), min_samples=10, copy=True).fit_predict(xy)
+    rows = []
+    for k in sorted(set(labels) - {-1}):
+        m = labels == k
+        sub = f[m]
+        systems = sub["crystal_system"].astype(str).value_counts()
+        elements = pd.Series([e for es in sub["elements"] for e in es]).value_counts()
+        top_sys, share = systems.index[0], systems.iloc[0] / len(sub)
+        chem = "-".join(elements.index[:2]) if len(elements) else "?"
+        if share >= 0.6 and top_sys != "unknown":
+            label = f"{top_sys} · {chem}"
+        else:
+            label = f"{chem} · mixed" if len(elements) else "unknown"
+        rows.append({"cluster": int(k), "label": f"C{k}: {label}", "n": int(m.sum()),
+                     "x": float(np.median(sub["x"])), "y": float(np.median(sub["y"])),
+                     "ids": sub["id"].tolist()})
+    return pd.DataFrame(rows, columns=["cluster", "label", "n", "x", "y", "ids"])
+
+
+_WARM = {"started": False, "done": {}, "lock": threading.Lock()}
+
+
+def warm_up(explore_path: str, dataset_path: str, background: bool = True) -> dict[str, float]:
+    """Do the slow first calls once per process: store, Explorer, map, clusters (synchronously, the first
+    paint needs them), then the query model, the placement kernels and crystal_toolkit (in a thread)."""
+    timings: dict[str, float] = _WARM["done"]
+    with _WARM["lock"]:
+        if _WARM["started"]:
+            return timings
+        _WARM["started"] = True
+    for name, fn in (("dataset", lambda: open_dataset(dataset_path)),
+                     ("explorer", lambda: open_explorer(explore_path, dataset_path)),
+                     ("map", lambda: map_frame(explore_path, dataset_path)),
+                     ("clusters", lambda: map_clusters(explore_path, dataset_path))):
+        t = time.perf_counter()
+        fn()
+        timings[name] = time.perf_counter() - t
+
+    def slow() -> None:
+        ex = open_explorer(explore_path, dataset_path)
+        steps = [("query_model", lambda: ex.query(material_id=str(ex.table["id"].iloc[0]), k=5)),
+                 ("dos_query", lambda: ex.query(dos=(np.array([-5.0, 0.0, 5.0]), np.array([1.0, 2.0, 1.0])), k=5))]
+        st = ex.table.loc[ex.table["has_structure"].fillna(False).astype(bool), "id"]
+        if len(st):
+            s = open_dataset(dataset_path).structure(str(st.iloc[0]))
+            steps.append(("place", lambda: ex.place(s)))
+        steps.append(("crystal_toolkit", _import_crystal_toolkit))
+        for name, fn in steps:
+            t = time.perf_counter()
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - warm-up must never take the server down
+                log.warning("warm-up step %s failed:\n%s", name, traceback.format_exc())
+            timings[name] = time.perf_counter() - t
+        _WARM["background_done"] = True
+        log.info("warm-up (background) done: %s", {k: round(v, 2) for k, v in timings.items()})
+
+    log.info("warm-up (first page) done: %s", {k: round(v, 2) for k, v in timings.items()})
+    if background:
+        threading.Thread(target=slow, name="mlcm-warm-up", daemon=True).start()
+    else:
+        slow()
+        _WARM["background_done"] = True
+    return timings
+
+
+def _import_crystal_toolkit() -> None:
+    import crystal_toolkit  # noqa: F401  (patches StructureGraph.get_scene)
+
+
+# ---- errors shown in the page -------------------------------------------------------------------
+class UserError(ValueError):
+    """Bad input from the user; the message is shown as is."""
+
+
+def guarded(action: str):
+    """Decorator for view callbacks: any exception becomes a message in the page, never a broken session."""
+    def deco(fn):
+        @wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            state = self if isinstance(self, AppState) else self.state
+            try:
+                return fn(self, *args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                if not isinstance(e, (UserError, ValueError, KeyError, TypeError, FileNotFoundError)):
+                    log.error("%s failed:\n%s", action, traceback.format_exc())
+                text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+                state.notify(f"{action} failed: {text}", "error")
+                return None
+        return wrapper
+    return deco
+
+
+class AppState(param.Parameterized):
+    """Per-session state. Views watch these parameters; the heavy data behind them is shared."""
+
+    dataset_path = param.String(default=os.environ.get("MLCM_DATASET", str(DEFAULT_DATASET)))
+    explore_path = param.String(default=os.environ.get("MLCM_EXPLORE", str(DEFAULT_EXPLORE)))
+
+    selected_ids = param.List(default=[], item_type=str, doc="materials selected on the map (lasso, box, cluster)")
+    selection_origin = param.String(default="", doc="how the selection was made")
+    polygon = param.List(default=[], doc="the last lasso/box polygon the app received, [[x, y], ...] map coords")
+    focus_id = param.String(default="", doc="the material shown in the structure, density and property views")
+
+    candidates = param.DataFrame(default=None, allow_None=True, doc="the last Explorer.query result")
+    candidates_origin = param.String(default="")
+    target = param.Dict(default=None, allow_None=True,
+                        doc="target DOS: {'label', 'x', 'y'} (x, y = the curve as given) and 'dos' (601 values)")
+    placed = param.Dict(default=None, allow_None=True, doc="an uploaded structure placed on the map")
+    validation = param.Dict(default=None, allow_None=True, doc="computed DOS of a DFT validation")
+
+    # retrieval settings (FiltersView shows them)
+    k = param.Integer(default=25, bounds=(1, 500), doc="number of candidates")
+    gallery = param.Selector(default="crystal", objects=["crystal", "dos", "density"],
+                             doc="which embedding represents a candidate")
+    range_column = param.Selector(default="(none)", objects=["(none)"], doc="property range filter")
+    range_min = param.Number(default=None, allow_None=True)
+    range_max = param.Number(default=None, allow_None=True)
+    include_unknown = param.Boolean(default=False, doc="keep candidates whose value is unknown")
+    elements_include = param.String(default="", doc="comma-separated: must contain all")
+    elements_exclude = param.String(default="", doc="comma-separated: must contain none")
+    sources = param.ListSelector(default=[], objects=[], doc="empty = all sources")
+
+    message = param.String(default="")
+    message_level = param.Selector(default="info", objects=["info", "success", "warning", "error"])
+    busy = param.Boolean(default=False)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.session_id = uuid.uuid4().hex[:12]
+        t = self.table
+        self.param.range_column.objects = ["(none)", *property_columns(t)]
+        self.param.sources.objects = sorted(t["source"].dropna().astype(str).unique().tolist())
+
+    # ---- data ---------------------------------------------------------------------------------
     @property
     def dataset(self):
         return open_dataset(self.dataset_path)
 
     @property
+    def explorer(self):
+        return open_explorer(self.explore_path, self.dataset_path)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return map_frame(self.explore_path, self.dataset_path)
+
+    @property
+    def clusters(self) -> pd.DataFrame:
+        return map_clusters(self.explore_path, self.dataset_path)
+
+    @property
     def table(self) -> pd.DataFrame:
         return self.dataset.table
 
-    def browse_table(self) -> pd.DataFrame:
+    @property
+    def indexed(self) -> pd.DataFrame:
+        return _indexed(self.dataset_path)
+
+    def browse_table(self, ids: list[str] | None = None) -> pd.DataFrame:
         """The columns a scientist scans first: identity, symmetry, modalities, split, labels."""
         t = self.table
-        labels = [c for c in LABELS if c in t and t[c].notna().any()]
-        return t[TABLE_COLUMNS + labels]
+        labels = [c for c in LABELS if c in t and pd.to_numeric(t[c], errors="coerce").notna().any()]
+        out = t[TABLE_COLUMNS + labels]
+        if ids is not None:
+            out = out.set_index("id").reindex(ids).reset_index()
+        return out
 
     def label_card(self, material_id: str) -> pd.DataFrame:
         """Known labels of one material with their unit, level of theory and source."""
-        row = self.table.set_index("id").loc[material_id]
-        rows = [{"quantity": spec.quantity, "value": float(row[name]), "unit": spec.unit,
-                 "theory": spec.theory, "source": spec.source}
-                for name, spec in LABELS.items() if name in row and pd.notna(row[name])]
+        row = self.indexed.loc[material_id]
+        rows = []
+        for name, spec in LABELS.items():
+            if name in row.index:
+                v = pd.to_numeric(pd.Series([row[name]]), errors="coerce").iloc[0]
+                if pd.notna(v):
+                    rows.append({"quantity": spec.quantity, "value": float(v), "unit": spec.unit,
+                                 "theory": spec.theory, "source": spec.source})
         return pd.DataFrame(rows, columns=["quantity", "value", "unit", "theory", "source"])
+
+    def has(self, material_id: str, column: str) -> bool:
+        t = self.indexed
+        return material_id in t.index and bool(t.at[material_id, column])
+
+    # ---- messages -----------------------------------------------------------------------------
+    def notify(self, text: str, level: str = "info") -> None:
+        """A message in the page (the alert pane) and, when served, a toast."""
+        self.param.update(message=text, message_level=level)
+        notes = getattr(pn.state, "notifications", None)
+        if notes is not None:
+            try:
+                getattr(notes, level)(text, duration=6000 if level != "error" else 0)
+            except Exception as e:  # noqa: BLE001 - no document (headless tests): the alert pane suffices
+                log.debug("no toast for %r: %s", text, e)
+
+    # ---- map selection --------------------------------------------------------------------------
+    def select_polygon(self, polygon: Any, origin: str = "lasso") -> list[str]:
+        """Explorer.select on a map polygon; the result becomes the selection."""
+        poly = np.asarray(polygon, dtype=np.float64)
+        if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.all(np.isfinite(poly)):
+            raise UserError("a selection needs a polygon of at least 3 finite map points")
+        ids = self.explorer.select(poly)
+        self.param.update(polygon=poly.tolist(), selected_ids=list(map(str, ids)), selection_origin=origin)
+        return self.selected_ids
+
+    def select_ids(self, ids: list[str], origin: str) -> None:
+        self.param.update(selected_ids=[str(i) for i in ids], selection_origin=origin, polygon=[])
+
+    def nearest(self, x: float, y: float, max_dist: float | None = None) -> str | None:
+        f = self.frame
+        d2 = (f["x"].to_numpy() - x) ** 2 + (f["y"].to_numpy() - y) ** 2
+        k = int(np.argmin(d2))
+        if max_dist is not None and d2[k] > max_dist**2:
+            return None
+        return str(f["id"].iloc[k])
+
+    # ---- retrieval ------------------------------------------------------------------------------
+    def filters(self):
+        """The Filters of the current settings (None when nothing is restricted)."""
+        from mlcm_core.explore import Filters
+
+        ranges, unknown = {}, {}
+        if self.range_column != "(none)" and (self.range_min is not None or self.range_max is not None):
+            ranges[self.range_column] = (self.range_min, self.range_max)
+            unknown[self.range_column] = self.include_unknown
+        inc = _symbols(self.elements_include)
+        exc = _symbols(self.elements_exclude)
+        unknown["elements"] = self.include_unknown
+        sources = list(self.sources) if self.sources else None
+        f = Filters.build(ranges, include_unknown=unknown, elements_include=inc, elements_exclude=exc, sources=sources)
+        return None if f.is_empty else f
+
+    def run_query(self, origin: str, **targets: Any) -> pd.DataFrame:
+        """Explorer.query with the current filters, k and gallery; the result becomes the candidates."""
+        t = time.perf_counter()
+        self.busy = True
+        try:
+            res = self.explorer.query(**targets, filters=self.filters(), k=self.k, gallery=self.gallery)
+        finally:
+            self.busy = False
+        self.param.update(candidates=res, candidates_origin=origin)
+        self.notify(f"{len(res)} candidates for {origin} ({time.perf_counter() - t:.2f} s)", "success")
+        return res
+
+    def set_target(self, label: str, x: Any, y: Any) -> dict:
+        """A target DOS given as a curve (x in eV, y >= 0); validated and resampled by the core's rules."""
+        from mlcm_core.explore import resample_polyline
+
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if len(x) == len(DOS_ENERGIES) and np.allclose(x, DOS_ENERGIES):
+            dos = np.asarray(y, dtype=np.float32)
+            if not np.all(np.isfinite(dos)) or np.any(dos < 0) or not np.any(dos > 0):
+                raise UserError("the DOS must be finite, >= 0 and not zero everywhere")
+        else:
+            dos = resample_polyline(x, y)  # DrawnDOSError (a ValueError) says what is wrong
+        target = {"label": label, "x": x.tolist(), "y": y.tolist(), "dos": dos.tolist()}
+        self.param.update(target=target, validation=None)
+        return target
+
+    def query_target(self) -> pd.DataFrame:
+        if not self.target:
+            raise UserError("no target DOS yet: draw one, load a material's DOS or upload a CSV")
+        x, y = np.asarray(self.target["x"]), np.asarray(self.target["y"])
+        dos = np.asarray(self.target["dos"], np.float32) if len(x) == len(DOS_ENERGIES) and np.allclose(x, DOS_ENERGIES) \
+            else (x, y)
+        return self.run_query(f"target DOS ({self.target['label']})", dos=dos)
+
+    def place_upload(self, data: bytes, filename: str = "upload.cif") -> dict:
+        """Explorer.place an uploaded CIF/POSCAR and find its neighbours (a structure query)."""
+        import tempfile
+
+        if not data:
+            raise UserError("the uploaded file is empty")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise UserError(f"{filename} is {len(data) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+        with tempfile.TemporaryDirectory(prefix="mlcm-upload-") as d:
+            path = Path(d) / _upload_name(filename)
+            path.write_bytes(data)
+            try:
+                x, y = self.explorer.place(path)  # the core's structure-file reader: limits and clear errors
+            except (ValueError, OSError) as e:
+                raise UserError(f"cannot place {filename}: {e}".replace(str(path), filename)) from e
+            formula = _formula_of(path)
+            placed = {"name": filename, "formula": formula, "x": x, "y": y, "text": data.decode("utf-8", "replace")}
+            self.placed = placed
+            self.run_query(f"uploaded structure {filename} ({formula})", structure=path)
+        return placed
+
+    # ---- export ---------------------------------------------------------------------------------
+    def export_table(self, what: str) -> tuple[pd.DataFrame, dict | None]:
+        """(table, query) for export: the candidates (their query travels with them) or the map selection."""
+        if what == "candidates":
+            if self.candidates is None or self.candidates.empty:
+                raise UserError("no candidates to export yet: run a search first")
+            return self.candidates, None
+        if not self.selected_ids:
+            raise UserError("nothing selected on the map")
+        t = self.browse_table(self.selected_ids)
+        query = {"kind": "map selection", "origin": self.selection_origin, "polygon": self.polygon,
+                 "n": len(t), "explore": str(self.explore_path)}
+        return t, query
+
+    def export(self, what: str, fmt: str) -> Path:
+        table, query = self.export_table(what)
+        name = f"app/{self.session_id}/{what}-{time.strftime('%Y%m%d-%H%M%S')}"
+        written = self.explorer.export(table, name, formats=(fmt,), query=query)
+        return written[fmt]
+
+
+@pn.cache(max_items=2)
+def _indexed(dataset_path: str) -> pd.DataFrame:
+    """The store table by id, without the structure JSON (half its memory; structures come from the store)."""
+    return open_dataset(dataset_path).table.drop(columns=["structure_json"], errors="ignore").set_index("id")
+
+
+def _symbols(text: str) -> list[str]:
+    from pymatgen.core.periodic_table import Element
+
+    out = []
+    for tok in text.replace(";", ",").replace(" ", ",").split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        tok = tok[:1].upper() + tok[1:].lower()
+        if not Element.is_valid_symbol(tok):
+            raise UserError(f"unknown element symbol {tok!r}")
+        out.append(tok)
+    return out
+
+
+def _upload_name(filename: str) -> str:
+    """A safe temporary file name that keeps what the structure reader needs (suffix or POSCAR stem)."""
+    base = Path(filename).name
+    if base.upper().startswith(("POSCAR", "CONTCAR")):
+        return "POSCAR"
+    suffix = Path(base).suffix.lower()
+    return "upload" + (suffix if suffix in (".cif", ".vasp", ".poscar") else ".cif")
+
+
+def _formula_of(path: Path) -> str:
+    try:
+        from pymatgen.core import Structure
+
+        return Structure.from_file(path).composition.reduced_formula
+    except Exception:  # noqa: BLE001 - only for display
+        return "?"
+
+
+def parse_dos_csv(data: bytes, filename: str = "dos.csv") -> tuple[np.ndarray, np.ndarray]:
+    """Two columns (energy in eV, DOS >= 0) from a CSV/whitespace text file; header lines are skipped."""
+    if not data:
+        raise UserError(f"{filename} is empty")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UserError(f"{filename} is {len(data) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{filename} is not a text file") from e
+    xs, ys = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p for p in line.replace(";", ",").replace("\t", ",").replace(" ", ",").split(",") if p]
+        try:
+            vals = [float(p) for p in parts[:2]]
+        except ValueError:
+            if not xs:  # a header line
+                continue
+            raise UserError(f"{filename} line {n}: not two numbers: {line[:60]!r}") from None
+        if len(vals) < 2:
+            raise UserError(f"{filename} line {n}: expected two columns (energy, DOS)")
+        xs.append(vals[0])
+        ys.append(vals[1])
+    if len(xs) < 2:
+        raise UserError(f"{filename}: need at least 2 rows of (energy eV, DOS)")
+    return np.asarray(xs), np.asarray(ys)
+
+
+def csv_bytes(df: pd.DataFrame) -> io.BytesIO:
+    buf = io.BytesIO(df.to_csv(index=False).encode())
+    buf.seek(0)
+    return buf
+
+
+def debug_json(state: AppState) -> str:
+    """What the browser tests read back: the polygon the app received and what it selected/found."""
+    cand = state.candidates
+    return json.dumps({"polygon": state.polygon, "n_selected": len(state.selected_ids),
+                       "selection_origin": state.selection_origin, "focus": state.focus_id,
+                       "n_candidates": 0 if cand is None else len(cand),
+                       "candidate_ids": [] if cand is None else cand["id"].astype(str).tolist(),
+                       "placed": None if not state.placed else {k: state.placed[k] for k in ("x", "y", "formula")}})

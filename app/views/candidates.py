@@ -1,0 +1,79 @@
+"""Candidate table (sortable) and downloads: CSV, JSON and a zip of CIFs, written by Explorer.export.
+
+Every download records the query (targets, weights, filters, checkpoint) in the file, as the core's export
+does; a map selection exported without a query gets a description of the selection as its query.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import panel as pn
+import param
+
+from app.store import AppState, UserError
+
+SHOWN = ["rank", "id", "formula", "score", "sim_dos", "sim_structure", "sim_material", "source", "spacegroup_symbol",
+         "nsites", "has_dos", "has_charge_density", "region_count", "modality_disagreement"]
+FORMATS = {"csv": ".csv", "json": ".json", "cif_zip": ".cif.zip"}
+
+
+class CandidatesView(pn.viewable.Viewer):
+    """The last query's candidates; clicking a row focuses the material."""
+
+    state = param.ClassSelector(class_=AppState)
+    export_what = param.Selector(default="candidates", objects=["candidates", "selection"],
+                                 doc="what the download buttons write")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._title = pn.pane.Markdown(self._title_text(), css_classes=["mlcm-candidates-title"])
+        self._table = pn.widgets.Tabulator(self.shown(self.state.candidates), pagination="local", page_size=15,
+                                           selectable=1, show_index=False, disabled=True, sizing_mode="stretch_width",
+                                           css_classes=["mlcm-candidates"], layout="fit_data_stretch")
+        self._table.param.watch(self._on_select, "selection")
+        self.state.param.watch(self._on_candidates, "candidates")
+        self._downloads = [
+            pn.widgets.FileDownload(callback=self._make_callback(fmt), filename=f"mlcm_export{suffix}",
+                                    label=f"Download {fmt.replace('_', ' ').upper()}", color="success",
+                                    css_classes=[f"mlcm-download-{fmt}"], embed=False, auto=True, width=150)
+            for fmt, suffix in FORMATS.items()]
+
+    def shown(self, df: pd.DataFrame | None) -> pd.DataFrame:
+        if df is None or df.empty:
+            return pd.DataFrame({c: [] for c in ["rank", "id", "formula", "score"]})
+        labels = [c for c in df.columns if c.endswith(("_pbe", "_gllbsc", "_rpbe")) and df[c].notna().any()]
+        cols = [c for c in SHOWN if c in df.columns] + labels
+        return df[cols].round(4)
+
+    def _title_text(self) -> str:
+        c = self.state.candidates
+        if c is None or c.empty:
+            return "**Candidates**: none yet (draw a target DOS, use a material's DOS, or upload a CIF)."
+        return f"**Candidates: {len(c)}** for {self.state.candidates_origin} (click a column to sort, a row to show it)"
+
+    def _on_candidates(self, event) -> None:
+        self._table.selection = []
+        self._table.value = self.shown(event.new)
+        self._title.object = self._title_text()
+
+    def _on_select(self, event) -> None:
+        if event.new:
+            self.state.focus_id = str(self._table.value.iloc[event.new[0]]["id"])
+
+    def _make_callback(self, fmt: str):
+        def callback():
+            try:
+                return str(self.state.export(self.export_what, fmt))
+            except Exception as e:  # noqa: BLE001 - shown in the page, the download is just not produced
+                self.state.notify(f"export failed: {e}" if not isinstance(e, UserError) else str(e), "error")
+                return None
+        return callback
+
+    def export(self, fmt: str):
+        """The file a download button would deliver (headless tests)."""
+        return self.state.export(self.export_what, fmt)
+
+    def __panel__(self):
+        return pn.Column(self._title, self._table,
+                         pn.Row(pn.widgets.RadioButtonGroup.from_param(self.param.export_what), *self._downloads),
+                         sizing_mode="stretch_width")

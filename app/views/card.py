@@ -1,0 +1,77 @@
+"""Property card of the focused material: known labels with source and level of theory, and hints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from app.store import AppState
+
+
+class PropertyCard(pn.viewable.Viewer):
+    """Identity, modalities, known labels (value, unit, theory, source) and the Explorer's uncertainty hints.
+
+    Predicted properties appear only if the Explorer offers them; today it does not (no fine-tuned heads), and
+    the card says so rather than showing nothing.
+    """
+
+    state = param.ClassSelector(class_=AppState)
+
+    def material(self, focus: str, ids: list[str]) -> str:
+        return focus or (ids[-1] if ids else "")
+
+    def hints(self, mid: str) -> dict:
+        f = self.state.frame
+        row = f[f["id"] == mid]
+        if row.empty:
+            return {}
+        r = row.iloc[0]
+        return {"map position": f"({r['x']:.2f}, {r['y']:.2f})",
+                "materials in its map region": int(r["region_count"]),
+                "modality disagreement": ("n/a (one modality)" if not np.isfinite(r["disagreement"])
+                                          else f"{r['disagreement']:.3f}")}
+
+    def predictions(self, mid: str) -> pd.DataFrame | None:
+        predict = getattr(self.state.explorer, "predict", None)
+        if predict is None:
+            return None
+        return predict(mid)
+
+    def _card(self, ids: list[str], focus: str = ""):
+        mid = self.material(focus, ids)
+        if not mid:
+            return pn.pane.Markdown("**Properties**: click a material on the map or in a table.",
+                                    css_classes=["mlcm-card"])
+        t = self.state.indexed
+        if mid not in t.index:
+            return pn.pane.Markdown(f"unknown material {mid}")
+        row = t.loc[mid]
+        nsites = row["nsites"] if pd.notna(row["nsites"]) else "?"
+        mods = ", ".join(m for m, c in (("structure", "has_structure"), ("DOS", "has_dos"),
+                                        ("charge density", "has_charge_density")) if bool(row[c])) or "none"
+        head = (f"### {mid} {row['formula'] or ''}\n{row['source']} · {nsites} sites · "
+                f"{row['spacegroup_symbol'] or 'no structure'} · {row['crystal_system'] or ''} · split **{row['split']}**  \n"
+                f"modalities: {mods}")
+        card = self.state.label_card(mid)
+        hints = " · ".join(f"{k}: {v}" for k, v in self.hints(mid).items())
+        preds = self.predictions(mid)
+        pred_md = ("**Predicted properties**: not offered — the Explorer has no fine-tuned property heads yet, so "
+                   "only stored DFT labels are shown." if preds is None else "**Predicted properties (with uncertainty)**")
+        parts = [pn.pane.Markdown(head),
+                 pn.pane.DataFrame(card.assign(value=card["value"].map(lambda v: f"{v:.4g}")), index=False,
+                                   sizing_mode="stretch_width", escape=True, border=0,
+                                   styles={"font-size": "12px"}) if len(card) else
+                 pn.pane.Markdown("_no stored labels for this material_"),
+                 pn.pane.Markdown(f"**Uncertainty hints** (relative): {hints}"),
+                 pn.pane.Markdown(pred_md)]
+        if preds is not None:
+            parts.append(pn.widgets.Tabulator(preds, show_index=False, disabled=True))
+        return pn.Column(*parts, css_classes=["mlcm-card"], sizing_mode="stretch_width")
+
+    def __panel__(self):
+        return pn.panel(pn.bind(self._card, self.state.param.selected_ids, self.state.param.focus_id))
+
+
+LabelCard = PropertyCard

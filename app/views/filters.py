@@ -1,0 +1,30 @@
+"""Retrieval settings: k, gallery and filters (property range with include-unknown, elements, sources)."""
+
+from __future__ import annotations
+
+import panel as pn
+import param
+
+from app.store import AppState
+
+
+class FiltersView(pn.viewable.Viewer):
+    """Widgets for the AppState retrieval parameters; ``AppState.filters()`` turns them into ``Filters``."""
+
+    state = param.ClassSelector(class_=AppState)
+
+    def __panel__(self):
+        s = self.state
+        return pn.Column(
+            pn.widgets.IntSlider.from_param(s.param.k, label="k (candidates)", start=1, end=200),
+            pn.widgets.Select.from_param(s.param.gallery, label="Search among (gallery)"),
+            pn.widgets.Select.from_param(s.param.range_column, label="Property range"),
+            pn.Row(pn.widgets.FloatInput.from_param(s.param.range_min, label="min", width=110),
+                   pn.widgets.FloatInput.from_param(s.param.range_max, label="max", width=110)),
+            pn.widgets.Checkbox.from_param(s.param.include_unknown, label="include unknown values/compositions"),
+            pn.widgets.TextInput.from_param(s.param.elements_include, label="Elements: must contain all",
+                                            placeholder="e.g. O, Ti"),
+            pn.widgets.TextInput.from_param(s.param.elements_exclude, label="Elements: must contain none",
+                                            placeholder="e.g. Pb, Cd"),
+            pn.widgets.MultiChoice.from_param(s.param.sources, label="Sources (empty = all)"),
+        )

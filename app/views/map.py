@@ -1,0 +1,325 @@
+"""The embedding map: a datashaded UMAP of every material, lasso/box/click selection, clusters, overlays.
+
+Rendering: ``hv.Points`` of all map positions, aggregated by datashader (``rasterize`` + ``shade`` +
+``dynspread`` from ``holoviews.operation.datashader``) for the current viewport (a ``RangeXY`` stream), so
+zoom and pan re-aggregate at full resolution. Two layers: every material in light grey, then the coloured
+layer (the selection when there is one, else everything): unselected materials are greyed, not hidden.
+A decimated, invisible ``hv.Points`` layer on top carries the hover (id, formula) and the selection tools.
+
+Selection: the lasso (``hv.streams.Lasso``) and box (``hv.streams.BoundsXY``) polygons go to
+``Explorer.select`` (grid index + prepared shapely), never to HoloViews' own spatial_select; a click
+(``hv.streams.Tap``) focuses the nearest material.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import datashader as ds
+import holoviews as hv
+import holoviews.plotting.bokeh
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+from holoviews.operation import decimate
+from holoviews.operation.datashader import dynspread, rasterize, shade
+
+from app.store import AppState, guarded
+
+WIDTH, HEIGHT = 640, 560
+FRAME = (560, 480)  # the plot frame inside WIDTH x HEIGHT (axes and toolbar take the rest); PlotSize refines it
+_SHADE_CACHE: OrderedDict = OrderedDict()
+_SHADE_LOCK = threading.Lock()
+GREY = ["#dedede", "#b4b4b4"]
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#7f7f7f", "#393b79", "#e7ba52"]
+COLOR_MODES = ["crystal system", "source", "modality coverage", "property", "element present",
+               "uncertainty: modality disagreement", "uncertainty: sparse region"]
+CATEGORICAL = {"crystal system": "crystal_system", "source": "source", "modality coverage": "coverage"}
+NUMERIC_CMAP = "viridis"
+
+
+def _extent(f: pd.DataFrame) -> tuple[tuple[float, float], tuple[float, float]]:
+    pad_x = 0.03 * float(f["x"].max() - f["x"].min())
+    pad_y = 0.03 * float(f["y"].max() - f["y"].min())
+    return ((float(f["x"].min()) - pad_x, float(f["x"].max()) + pad_x),
+            (float(f["y"].min()) - pad_y, float(f["y"].max()) + pad_y))
+
+
+def _rgba(rgb: hv.RGB) -> np.ndarray:
+    arr = np.dstack([rgb.dimension_values(d, flat=False) for d in rgb.vdims[:4]]).astype(np.float32)
+    return arr if arr.max() > 1.0 else arr * 255.0
+
+
+def _over(base: hv.RGB, top: hv.RGB) -> hv.RGB:
+    """``top`` composited over ``base`` ('over' alpha blending) on base's grid (same viewport and size)."""
+    b = _rgba(base)
+    t = _rgba(top)
+    if t.shape != b.shape:  # an empty top layer
+        return base
+    ta, ba = t[..., 3:] / 255.0, b[..., 3:] / 255.0
+    a = ta + ba * (1 - ta)
+    rgb = np.where(a > 0, (t[..., :3] * ta + b[..., :3] * ba * (1 - ta)) / np.maximum(a, 1e-6), 0)
+    out = np.dstack([rgb, a * 255.0]).clip(0, 255).astype(np.uint8)
+    return base.clone((*[base.dimension_values(k, expanded=False) for k in base.kdims], *np.moveaxis(out, 2, 0)))
+
+
+def _hover_frame(state: AppState) -> pd.DataFrame:
+    """The columns the hover layer needs (a slim copy: HoloViews computes ranges over every column it gets)."""
+    key = ("hover", state.explore_path)
+    if key not in _SHADE_CACHE:
+        _SHADE_CACHE[key] = state.frame[["x", "y", "id", "formula"]].copy()
+    return _SHADE_CACHE[key]
+
+
+def color_key(categories: list[str]) -> dict[str, str]:
+    return {c: ("#9a9a9a" if c == "unknown" else PALETTE[i % len(PALETTE)]) for i, c in enumerate(categories)}
+
+
+class MapView(pn.viewable.Viewer):
+    """The datashaded map with its colouring controls, legend and cluster list."""
+
+    state = param.ClassSelector(class_=AppState)
+    color_by = param.Selector(default="crystal system", objects=COLOR_MODES, doc="what the colour shows")
+    prop = param.Selector(default=None, objects=[], doc="property for 'property' colouring")
+    element = param.String(default="O", doc="element for 'element present' colouring")
+    show_clusters = param.Boolean(default=True, doc="label the HDBSCAN clusters on the map")
+    cluster = param.Selector(default=None, objects=[], allow_None=True, doc="select a whole cluster")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        f = self.state.frame
+        props = [c for c in self.state.param.range_column.objects if c != "(none)" and c in f]
+        self.param.prop.objects = props
+        if props and self.prop is None:
+            self.prop = "band_gap_mp_pbe" if "band_gap_mp_pbe" in props else props[0]
+        clusters = self.state.clusters
+        self._cluster_ids = {row.label: row.ids for row in clusters.itertuples()}
+        self.param.cluster.objects = [None, *self._cluster_ids]
+        self._xr, self._yr = _extent(f)
+        self._element_cache: dict[str, np.ndarray] = {}
+        self.param.watch(self._on_cluster, "cluster")
+        self._plot = self._build()
+        self._legend = pn.pane.HTML(self._legend_html, sizing_mode="stretch_width", margin=(0, 10))
+
+    # ---- data for the layers ----------------------------------------------------------------------
+    def _has_element(self, symbol: str) -> np.ndarray:
+        symbol = symbol.strip()[:1].upper() + symbol.strip()[1:].lower()
+        if symbol not in self._element_cache:
+            self._element_cache[symbol] = np.array([symbol in e for e in self.state.frame["elements"]], bool)
+        return self._element_cache[symbol]
+
+    def coloured(self, color_by: str, prop: str | None, element: str, selected_ids: list[str]) -> tuple[pd.DataFrame, str | None, str]:
+        """(points of the coloured layer, value column or None, 'cat'|'num'|'flat')."""
+        f = self.state.frame
+        mask = np.ones(len(f), bool)
+        if selected_ids:
+            mask &= f["id"].isin(selected_ids).to_numpy()
+        if color_by in CATEGORICAL:
+            col = CATEGORICAL[color_by]
+            return f.loc[mask, ["x", "y", col]], col, "cat"
+        if color_by == "element present":
+            mask &= self._has_element(element or "O")
+            return f.loc[mask, ["x", "y"]], None, "flat"
+        col = {"property": prop, "uncertainty: modality disagreement": "disagreement",
+               "uncertainty: sparse region": "region_count"}[color_by]
+        if col is None or col not in f:
+            return f.loc[mask, ["x", "y"]].iloc[:0], None, "flat"
+        mask &= np.isfinite(f[col].to_numpy())
+        return f.loc[mask, ["x", "y", col]], col, "num"
+
+    def _value_span(self, col: str) -> tuple[float, float]:
+        v = self.state.frame[col].to_numpy()
+        v = v[np.isfinite(v)]
+        if not len(v):
+            return 0.0, 1.0
+        lo, hi = np.percentile(v, [1, 99])
+        return float(lo), float(hi if hi > lo else lo + 1)
+
+    def _shade(self, x_range=None, y_range=None, width=None, height=None, scale=None, color_by="crystal system", prop=None,
+               element="O", selected_ids=()):
+        """Grey layer of everything + coloured layer, aggregated for the viewport at the frame's pixel size.
+
+        Unselected views are shared by all sessions of the process (the first paint of a new session then
+        costs no aggregation)."""
+        xr = tuple(float(v) for v in x_range) if x_range else self._xr
+        yr = tuple(float(v) for v in y_range) if y_range else self._yr
+        w = int(width) if width else FRAME[0]
+        h = int(height) if height else FRAME[1]
+        key = None
+        if not selected_ids:
+            key = (self.state.explore_path, xr, yr, w, h, color_by, prop, element)
+            if key in _SHADE_CACHE:
+                _SHADE_CACHE.move_to_end(key)
+                return _SHADE_CACHE[key]
+        out = self._shade_uncached(xr, yr, w, h, color_by, prop, element, selected_ids)
+        if key is not None:
+            with _SHADE_LOCK:
+                _SHADE_CACHE[key] = out
+                while len(_SHADE_CACHE) > 10:
+                    _SHADE_CACHE.popitem(last=False)
+        return out
+
+    def _shade_uncached(self, xr, yr, w, h, color_by, prop, element, selected_ids):
+        common = {"dynamic": False, "x_range": xr, "y_range": yr, "width": w, "height": h}
+        f = self.state.frame
+        base = rasterize(hv.Points(f, ["x", "y"]), aggregator=ds.count(), **common)
+        base_rgb = shade(base, cmap=GREY, dynamic=False)
+        pts, col, kind = self.coloured(color_by, prop, element, list(selected_ids))
+        if len(pts) == 0:
+            top = hv.RGB(np.zeros((2, 2, 4), np.uint8), bounds=(xr[0], yr[0], xr[1], yr[1]))
+        elif kind == "cat":
+            cats = list(f[col].cat.categories)
+            pts = pts.assign(**{col: pd.Categorical(pts[col].astype(str), categories=cats)})
+            agg = rasterize(hv.Points(pts, ["x", "y"], [col]), aggregator=ds.count_cat(col), **common)
+            top = shade(agg, color_key=color_key(cats), min_alpha=90, dynamic=False)
+        elif kind == "num":
+            agg = rasterize(hv.Points(pts, ["x", "y"], [col]), aggregator=ds.mean(col), **common)
+            top = shade(agg, cmap=NUMERIC_CMAP, clims=self._value_span(col), cnorm="linear", min_alpha=200,
+                        dynamic=False)
+        else:
+            agg = rasterize(hv.Points(pts, ["x", "y"]), aggregator=ds.count(), **common)
+            top = shade(agg, cmap=["#d62728", "#d62728"], min_alpha=200, dynamic=False)
+        top = dynspread(top, threshold=0.8, max_px=4, dynamic=False)
+        return _over(base_rgb, top)  # one image to send, one renderer to draw
+
+    def _hover_points(self):
+        return hv.Points(_hover_frame(self.state), ["x", "y"], ["id", "formula"])
+
+    def _cluster_labels(self, show_clusters=True):
+        c = self.state.clusters
+        if not show_clusters or c.empty:
+            return hv.Labels(pd.DataFrame({"x": [], "y": [], "label": []}), ["x", "y"], "label")
+        return hv.Labels(c[["x", "y", "label"]], ["x", "y"], "label")
+
+    def _candidates(self, candidates=None):
+        cols = ["x", "y", "rank", "id", "formula", "score"]
+        if candidates is None or len(candidates) == 0:
+            return hv.Points(pd.DataFrame({c: [] for c in cols}), ["x", "y"], cols[2:])
+        return hv.Points(candidates[cols], ["x", "y"], cols[2:])
+
+    def _marks(self, placed=None, focus_id=""):
+        rows = []
+        if placed:
+            rows.append({"x": placed["x"], "y": placed["y"], "what": f"upload: {placed['name']} ({placed['formula']})"})
+        if focus_id:
+            f = self.state.frame
+            hit = f.index[f["id"] == focus_id]
+            if len(hit):
+                r = f.loc[hit[0]]
+                rows.append({"x": r["x"], "y": r["y"], "what": f"focus: {focus_id} {r['formula']}"})
+        df = pd.DataFrame(rows, columns=["x", "y", "what"])
+        return hv.Points(df, ["x", "y"], ["what"])
+
+    def _build(self):
+        s = self.state
+        self._range = hv.streams.RangeXY()
+        self._size = hv.streams.PlotSize()
+        look = hv.streams.Params(self, ["color_by", "prop", "element"])
+        sel = hv.streams.Params(s, ["selected_ids"])
+        shaded = hv.DynamicMap(self._shade, streams=[self._range, self._size, look, sel])
+        hover = decimate(hv.DynamicMap(self._hover_points), max_samples=3000, dynamic=True).opts(
+            tools=["hover", "lasso_select", "box_select", "tap"], size=6, alpha=0.0, nonselection_alpha=0.0,
+            selection_alpha=0.0, hover_alpha=0.8, hover_line_color="black", hover_fill_alpha=0.0)
+        labels = hv.DynamicMap(self._cluster_labels, streams=[hv.streams.Params(self, ["show_clusters"])]).opts(
+            text_font_size="9pt", text_color="#222222", text_font_style="bold")
+        cands = hv.DynamicMap(self._candidates, streams=[hv.streams.Params(s, ["candidates"])]).opts(
+            size=9, fill_alpha=0.0, line_color="#d62728", line_width=2, tools=["hover"])
+        marks = hv.DynamicMap(self._marks, streams=[hv.streams.Params(s, ["placed", "focus_id"])]).opts(
+            marker="star", size=18, color="#ff00aa", line_color="black", tools=["hover"])
+        overlay = (shaded * hover * cands * marks * labels).opts(
+            width=WIDTH, height=HEIGHT, xlabel="UMAP 1", ylabel="UMAP 2", show_legend=False,
+            active_tools=["pan", "wheel_zoom"], title="Embedding map (crystal embeddings, UMAP)",
+            xlim=self._xr, ylim=self._yr)
+        # sourced on the layer that carries the selection tools (an overlay-level source is not linked)
+        self._lasso = hv.streams.Lasso(source=hover)
+        self._bounds = hv.streams.BoundsXY(source=hover)
+        self._tap = hv.streams.Tap(source=hover)
+        self._lasso.add_subscriber(self._on_lasso)
+        self._bounds.add_subscriber(self._on_bounds)
+        self._tap.add_subscriber(self._on_tap)
+        return pn.pane.HoloViews(overlay, css_classes=["mlcm-map"], width=WIDTH, height=HEIGHT, linked_axes=False)
+
+    # ---- interaction ------------------------------------------------------------------------------
+    @guarded("lasso selection")
+    def _on_lasso(self, geometry=None, **_):
+        if geometry is None or len(geometry) < 3:
+            return
+        ids = self.state.select_polygon(np.asarray(geometry, float), origin="lasso")
+        self.state.notify(f"lasso selected {len(ids)} materials", "info")
+
+    @guarded("box selection")
+    def _on_bounds(self, bounds=None, **_):
+        if bounds is None:
+            return
+        x0, y0, x1, y1 = bounds
+        ids = self.state.select_polygon([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], origin="box")
+        self.state.notify(f"box selected {len(ids)} materials", "info")
+
+    @guarded("click")
+    def click(self, x=None, y=None, **_):
+        if x is None or y is None:
+            return
+        (x0, x1) = self._range.x_range or self._xr
+        mid = self.state.nearest(x, y, max_dist=0.02 * abs(x1 - x0))
+        if mid is not None:
+            self.state.focus_id = mid
+
+    _on_tap = click
+
+    def _on_cluster(self, event) -> None:
+        if event.new is None:
+            return
+        self.state.select_ids(self._cluster_ids[event.new], origin=f"cluster {event.new}")
+        self.state.notify(f"selected {event.new} ({len(self._cluster_ids[event.new])} materials)", "info")
+
+    def clear(self, *_):
+        self.cluster = None
+        self.state.select_ids([], origin="")
+
+    # ---- legend -----------------------------------------------------------------------------------
+    @param.depends("color_by", "prop", "element")
+    def _legend_html(self):
+        f = self.state.frame
+        grey = "<span style='color:#999'>grey: not selected or no value</span>"
+        if self.color_by in CATEGORICAL:
+            col = CATEGORICAL[self.color_by]
+            counts = f[col].astype(str).value_counts()
+            key = color_key(list(f[col].cat.categories))
+            items = "".join(f"<span style='margin-right:10px;white-space:nowrap'><span style='display:inline-block;width:10px;"
+                            f"height:10px;background:{c};margin-right:3px'></span>{k} ({counts.get(k, 0):,})</span>"
+                            for k, c in key.items())
+            return f"<div style='font-size:12px'>{items}<br>{grey}</div>"
+        if self.color_by == "element present":
+            n = int(self._has_element(self.element or "O").sum())
+            return (f"<div style='font-size:12px'><span style='color:#d62728'>■</span> contains {self.element} "
+                    f"({n:,})<br>{grey}</div>")
+        col = {"property": self.prop, "uncertainty: modality disagreement": "disagreement",
+               "uncertainty: sparse region": "region_count"}[self.color_by]
+        if col is None:
+            return ""
+        lo, hi = self._value_span(col)
+        n = int(np.isfinite(f[col]).sum())
+        note = {"disagreement": "1 − mean cosine between a material's own modality embeddings (needs ≥ 2 modalities)",
+                "region_count": "materials in the map cell: low = sparse region, few similar known materials"}.get(col, "")
+        return (f"<div style='font-size:12px'><b>{col}</b> ({n:,} with a value) {lo:.3g} "
+                "<span style='display:inline-block;width:160px;height:10px;background:linear-gradient(to right,"
+                "#440154,#3b528b,#21918c,#5ec962,#fde725)'></span> "
+                f"{hi:.3g}<br>{note} {grey}</div>")
+
+    def controls(self) -> pn.Column:
+        clear = pn.widgets.Button(label="Clear selection", color="default")
+        clear.on_click(self.clear)
+        return pn.Column(
+            pn.widgets.Select.from_param(self.param.color_by, label="Colour by"),
+            pn.widgets.Select.from_param(self.param.prop, label="Property"),
+            pn.widgets.TextInput.from_param(self.param.element, label="Element (for 'element present')"),
+            pn.widgets.Checkbox.from_param(self.param.show_clusters, label="Label clusters"),
+            pn.widgets.Select.from_param(self.param.cluster, label="Select a cluster (HDBSCAN)", size=6),
+            clear,
+        )
+
+    def __panel__(self):
+        return pn.Column(self._plot, self._legend, width=WIDTH + 20)

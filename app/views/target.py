@@ -1,0 +1,178 @@
+"""Target DOS: draw it with the mouse, take a material's DOS, or upload a CSV; then find crystals (top-k).
+
+The drawing is a ``hv.streams.FreehandDraw`` on an empty ``hv.Path`` over DOS axes (−10…10 eV). A finished
+stroke becomes the target (resampled onto the 601-point DOS grid by the core's ``resample_polyline``, whose
+rules decide what is accepted: e.g. a one-point stroke is refused with a message) and, with "search on draw",
+is sent to ``Explorer.query(dos=(x, y), filters=..., k=...)`` at once. The candidates' stored DOS (for those
+that have one) are overlaid on the target, scaled to the target's mean (the DOS encoder ignores scale).
+"""
+
+from __future__ import annotations
+
+import holoviews as hv
+import holoviews.plotting.bokeh
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from app.store import AppState, UserError, guarded, parse_dos_csv
+from mlcm_core.data.conventions import DOS_E_MAX, DOS_E_MIN, DOS_ENERGIES
+
+MAX_OVERLAID = 8
+Y_MAX = 10.0
+WIDTH, HEIGHT = 560, 330
+COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _scaled(curve: np.ndarray, target: np.ndarray) -> np.ndarray:
+    m = float(np.mean(curve))
+    return curve * (float(np.mean(target)) / m) if m > 0 else curve
+
+
+class TargetDOSView(pn.viewable.Viewer):
+    """DOS axes to draw on + the target, the candidates' DOS and a DFT validation overlaid."""
+
+    state = param.ClassSelector(class_=AppState)
+    search_on_draw = param.Boolean(default=True, doc="run the search as soon as a stroke ends")
+    material_id = param.String(default="", doc="use this material's DOS as the target")
+    clear_count = param.Integer(default=0)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._draw_src = hv.DynamicMap(lambda clear_count: hv.Path([]),
+                                       streams=[hv.streams.Params(self, ["clear_count"])]).opts(
+            line_width=3, color="#ff7f0e", active_tools=["freehand_draw"])
+        # the stream's source must be the object that is plotted (.opts returns a clone)
+        self._draw = hv.streams.FreehandDraw(source=self._draw_src, num_objects=1)
+        self._draw.add_subscriber(self._on_draw)
+        self._csv = pn.widgets.FileInput(accept=".csv,.txt,.dat", multiple=False, label="DOS CSV",
+                                         css_classes=["mlcm-dos-csv"])
+        self._csv.param.watch(self._on_csv, "value")
+        self._plot = self._build()
+        self._status = pn.pane.Markdown(self._status_text, css_classes=["mlcm-target-status"])
+
+    # ---- layers -----------------------------------------------------------------------------------
+    def _target_curve(self, target=None):
+        if not target:
+            return hv.Curve([], "E", "DOS").opts(color="black")
+        return hv.Curve((DOS_ENERGIES, np.asarray(target["dos"])), "E", "DOS").opts(
+            color="black", line_width=3, line_dash="dashed")
+
+    def candidate_curves(self, candidates: pd.DataFrame | None, target: dict | None) -> list[dict]:
+        if candidates is None or candidates.empty:
+            return []
+        ids = [i for i, h in zip(candidates["id"], candidates["has_dos"]) if bool(h)][:MAX_OVERLAID]
+        if not ids:
+            return []
+        curves = self.state.dataset.dos(ids)
+        ref = np.asarray(target["dos"]) if target else None
+        return [{"x": DOS_ENERGIES, "y": _scaled(c, ref) if ref is not None else c, "id": i,
+                 "color": COLORS[k % len(COLORS)]} for k, (i, c) in enumerate(zip(ids, curves))]
+
+    def _candidate_paths(self, candidates=None, target=None):
+        """A fixed number of curve slots (a DynamicMap overlay must keep its layers); unused slots are empty."""
+        curves = self.candidate_curves(candidates, target)
+        layers = []
+        for k in range(MAX_OVERLAID):
+            if k < len(curves):
+                c = curves[k]
+                data = pd.DataFrame({"E": DOS_ENERGIES, "DOS": c["y"], "id": c["id"]})
+            else:
+                data = pd.DataFrame({"E": [], "DOS": [], "id": []})
+            layers.append(hv.Curve(data, "E", ["DOS", "id"]).opts(color=COLORS[k], line_width=1.5, alpha=0.85,
+                                                                    tools=["hover"]))
+        return hv.Overlay(layers)
+
+    def _validation_curve(self, validation=None, target=None):
+        if not validation:
+            return hv.Curve([], "E", "DOS").opts(color="#d62728")
+        y = np.asarray(validation["dos"])
+        if target:
+            y = _scaled(y, np.asarray(target["dos"]))
+        return hv.Curve((DOS_ENERGIES, y), "E", "DOS").opts(color="#d62728", line_width=2.5)
+
+    def _build(self):
+        s = self.state
+        target = hv.DynamicMap(self._target_curve, streams=[hv.streams.Params(s, ["target"])])
+        cands = hv.DynamicMap(self._candidate_paths, streams=[hv.streams.Params(s, ["candidates", "target"])])
+        valid = hv.DynamicMap(self._validation_curve, streams=[hv.streams.Params(s, ["validation", "target"])])
+        draw = self._draw_src
+        overlay = (cands * target * valid * draw).opts(
+            responsive=True, min_width=360, height=HEIGHT, xlim=(DOS_E_MIN, DOS_E_MAX), ylim=(0, Y_MAX), show_legend=False,
+            xlabel="E - E_ref (eV)", ylabel="DOS (arbitrary scale)",
+            title="Target DOS: draw left→right with the mouse (freehand tool)")
+        return pn.pane.HoloViews(overlay, css_classes=["mlcm-draw"], sizing_mode="stretch_width", min_width=360,
+                                 height=HEIGHT, linked_axes=False)
+
+    # ---- inputs -----------------------------------------------------------------------------------
+    @guarded("drawn DOS")
+    def _on_draw(self, data=None, **_):
+        if not data or not data.get("xs"):
+            return
+        xs, ys = data["xs"][-1], data["ys"][-1]
+        if len(xs) == 0:
+            return
+        self.use_curve("drawn", np.asarray(xs, float), np.clip(np.asarray(ys, float), 0, None))
+
+    def use_curve(self, label: str, x: np.ndarray, y: np.ndarray) -> None:
+        self.state.set_target(label, x, y)
+        if self.search_on_draw or label != "drawn":
+            self.search()
+
+    @guarded("search")
+    def search(self, *_):
+        self.state.query_target()
+
+    @guarded("material DOS")
+    def use_material(self, *_):
+        mid = self.material_id.strip() or self.state.focus_id
+        if not mid:
+            raise UserError("type a material id (or click one on the map) to use its DOS")
+        if not self.state.has(mid, "has_dos"):
+            raise UserError(f"{mid} has no DOS in the dataset")
+        dos = self.state.dataset.dos([mid])[0]
+        self.use_curve(f"DOS of {mid}", DOS_ENERGIES, dos)
+
+    @guarded("DOS CSV upload")
+    def _on_csv(self, event):
+        if event.new is None:
+            return
+        x, y = parse_dos_csv(event.new, self._csv.filename or "dos.csv")
+        self.use_curve(f"CSV {self._csv.filename}", x, y)
+
+    def clear(self, *_):
+        self.clear_count += 1
+        self.state.param.update(target=None, validation=None)
+
+    @param.depends("state.target", "state.candidates", "state.validation")
+    def _status_text(self):
+        t = self.state.target
+        c = self.state.candidates
+        if not t:
+            return "_No target yet._"
+        n = 0 if c is None else len(c)
+        with_dos = 0 if c is None else int(c["has_dos"].sum())
+        return (f"Target (black dashed): **{t['label']}** ({len(t['x'])} points). {n} candidates, {with_dos} with a "
+                f"stored DOS; up to {MAX_OVERLAID} overlaid in colour (scaled to the target's mean; hover for the id)."
+                + (" DFT result: red." if self.state.validation else ""))
+
+    def controls(self) -> pn.Column:
+        use = pn.widgets.Button(label="Use this material's DOS", color="default")
+        use.on_click(self.use_material)
+        search = pn.widgets.Button(label="Search with target", color="primary", css_classes=["mlcm-search"])
+        search.on_click(self.search)
+        clear = pn.widgets.Button(label="Clear target", color="default")
+        clear.on_click(self.clear)
+        return pn.Column(
+            pn.widgets.Checkbox.from_param(self.param.search_on_draw, label="search as soon as a stroke ends"),
+            pn.widgets.TextInput.from_param(self.param.material_id, label="Material id (DOS as target)",
+                                            placeholder="e.g. mp-2 (empty: the focused one)"),
+            use,
+            pn.pane.Markdown("Upload a DOS CSV (energy eV, DOS):", margin=(0, 10)),
+            self._csv,
+            pn.Row(search, clear),
+        )
+
+    def __panel__(self):
+        return pn.Column(self._plot, self._status, sizing_mode="stretch_width")

@@ -1,0 +1,94 @@
+"""MapView: datashaded layers for every colouring, greyed (not hidden) unselected points, exact lasso/box, clusters."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import pytest
+
+from app.views.map import COLOR_MODES, MapView
+
+
+@pytest.fixture
+def view(state):
+    return MapView(state=state)
+
+
+def _alpha(rgb: hv.RGB) -> np.ndarray:
+    return rgb.dimension_values("A", flat=False)
+
+
+@pytest.mark.parametrize("mode", COLOR_MODES)
+def test_every_colouring_renders_one_image(view, mode):
+    view.color_by = mode
+    out = view._shade(color_by=mode, prop=view.prop, element="O", selected_ids=[])
+    assert isinstance(out, hv.RGB)
+    assert (_alpha(out) > 0).sum() > 1000  # the grey layer alone covers every material
+    pts, _col, kind = view.coloured(mode, view.prop, "O", [])
+    assert len(pts) > 0 and kind in ("cat", "num", "flat")
+    assert "grey" in view._legend_html()
+
+
+def test_unselected_points_are_greyed_not_hidden(view, state):
+    ids = state.frame["id"].iloc[:200].tolist()
+    full = view._shade(selected_ids=[])
+    sel = view._shade(selected_ids=ids)
+    # the same pixels are covered (nothing hidden) ...
+    assert ((_alpha(sel) > 0) == (_alpha(full) > 0)).mean() > 0.99
+    # ... but far fewer are coloured: grey pixels have R == G == B
+    def coloured(img):
+        r, g, b = (img.dimension_values(c, flat=False).astype(int) for c in "RGB")
+        return ((abs(r - g) + abs(g - b)) > 30).sum()
+    assert coloured(sel) < coloured(full)
+    pts, _, _ = view.coloured("crystal system", None, "O", ids)
+    assert len(pts) == 200
+
+
+def test_lasso_and_box_go_to_explorer_select(view, state):
+    poly = [[0, 0], [5, 0], [5, 5], [0, 5]]
+    view._on_lasso(geometry=np.asarray(poly, float))
+    assert state.selected_ids == state.explorer.select(np.asarray(poly, float)) and state.selection_origin == "lasso"
+    view._on_bounds(bounds=(0, 0, 5, 5))
+    assert state.selection_origin == "box" and len(state.selected_ids) == len(state.explorer.select(np.asarray(poly, float)))
+    view._on_lasso(geometry=[[0, 0], [1, 1]])  # too few vertices: ignored, nothing breaks
+    assert state.selection_origin == "box"
+
+
+def test_cluster_selection_and_labels(view, state):
+    clusters = state.clusters
+    assert len(clusters) >= 2 and clusters["n"].sum() <= len(state.frame)
+    assert all(":" in label for label in clusters["label"])
+    label = view.param.cluster.objects[1]
+    view.cluster = label
+    assert sorted(state.selected_ids) == sorted(clusters.set_index("label").loc[label, "ids"])
+    view.clear()
+    assert state.selected_ids == [] and view.cluster is None
+    labels = view._cluster_labels(show_clusters=True)
+    assert len(labels) == len(clusters) and len(view._cluster_labels(show_clusters=False)) == 0
+
+
+def test_click_focuses_the_nearest_material(view, state):
+    f = state.frame
+    x, y = float(f["x"].iloc[42]), float(f["y"].iloc[42])
+    view.click(x=x, y=y)
+    assert state.focus_id == state.nearest(x, y)
+    marks = view._marks(placed=None, focus_id=state.focus_id)
+    assert len(marks) == 1
+
+
+def test_overlays_for_candidates_and_uploads(view, state):
+    state.run_query("test", material_id="mp-830")
+    pts = view._candidates(candidates=state.candidates)
+    assert len(pts) == len(state.candidates)
+    assert len(view._candidates(candidates=None)) == 0
+    marks = view._marks(placed={"x": 1.0, "y": 2.0, "name": "a.cif", "formula": "GaN"}, focus_id="")
+    assert len(marks) == 1
+
+
+def test_map_renders_with_its_selection_streams(view):
+    from bokeh.document import Document
+
+    view._plot.get_root(Document())
+    plot = next(iter(view._plot._plots.values()))[0]
+    callbacks = {type(c).__name__ for sp in plot.subplots.values() for c in sp.callbacks}
+    assert {"LassoCallback", "BoundsCallback", "TapCallback", "RangeXYCallback"} <= callbacks

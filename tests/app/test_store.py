@@ -1,0 +1,90 @@
+"""AppState: selection, retrieval, uploads and export go through the public Explorer API, bad input is a message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.store import UserError, parse_dos_csv
+from mlcm_core.data.conventions import DOS_ENERGIES
+from mlcm_core.explore import DrawnDOSError, read_export
+
+
+def test_select_polygon_is_explorer_select(state):
+    poly = [(0, 0), (6, 0), (6, 6), (0, 6)]
+    ids = state.select_polygon(poly)
+    assert ids == state.explorer.select(np.asarray(poly, float))
+    assert state.selection_origin == "lasso" and state.polygon == [list(map(float, p)) for p in poly]
+    with pytest.raises(UserError):
+        state.select_polygon([(0, 0), (1, 1)])
+
+
+def test_filters_follow_the_settings(state):
+    assert state.filters() is None
+    state.param.update(range_column="band_gap_mp_pbe", range_min=1.0, range_max=3.0, include_unknown=False,
+                       elements_include="o", elements_exclude="Pb", sources=["matminer-0.3.9"])
+    f = state.filters().to_dict()
+    assert f["ranges"] == [{"column": "band_gap_mp_pbe", "min": 1.0, "max": 3.0, "include_unknown": False}]
+    assert f["elements_include"] == ["O"] and f["elements_exclude"] == ["Pb"] and f["sources"] == ["matminer-0.3.9"]
+    res = state.run_query("test", material_id="mp-830")
+    assert len(res) and res["band_gap_mp_pbe"].between(1.0, 3.0).all()
+    assert all("O" in e.split("-") and "Pb" not in e.split("-") for e in res["elements"])
+    state.elements_include = "Xx"
+    with pytest.raises(UserError, match="unknown element"):
+        state.filters()
+
+
+def test_drawn_target_rules_come_from_the_core(state):
+    with pytest.raises(DrawnDOSError, match="only 1 point"):
+        state.set_target("drawn", [1.0], [2.0])
+    t = state.set_target("drawn", [-5, 0, 5], [1, 3, 1])
+    assert len(t["dos"]) == len(DOS_ENERGIES)
+    res = state.query_target()
+    assert len(res) == state.k and state.candidates is res
+    # a real DOS on the grid is used as is
+    dos = state.dataset.dos(["mp-2"])[0]
+    t = state.set_target("DOS of mp-2", DOS_ENERGIES, dos)
+    assert np.allclose(t["dos"], dos)
+
+
+def test_parse_dos_csv():
+    x, y = parse_dos_csv(b"# energy dos\nE,DOS\n-1,0.5\n0,1\n1;2\n")
+    assert x.tolist() == [-1, 0, 1] and y.tolist() == [0.5, 1, 2]
+    for bad, match in ((b"", "empty"), (b"-1,2\nfoo,bar\n", "line 2"), (b"1,2\n", "at least 2"), (b"\xff\xfe\x00", "text")):
+        with pytest.raises(UserError, match=match):
+            parse_dos_csv(bad)
+
+
+def test_place_upload_and_bad_uploads(state):
+    from pymatgen.io.cif import CifWriter
+
+    cif = str(CifWriter(state.dataset.structure("mp-830"))).encode()
+    placed = state.place_upload(cif, "GaN.cif")
+    assert placed["formula"] == "GaN" and np.isfinite([placed["x"], placed["y"]]).all()
+    assert state.candidates is not None and "uploaded structure GaN.cif" in state.candidates_origin
+    for data in (b"", b"garbage\n", b"x" * 2_000_001):
+        with pytest.raises(UserError):
+            state.place_upload(data, "bad.cif")
+
+
+def test_export_candidates_and_selection(state):
+    state.run_query("test", material_id="mp-830")
+    path = state.export("candidates", "csv")
+    table, header = read_export(path)
+    assert table["id"].tolist() == state.candidates["id"].tolist() and header["query"]["k"] == state.k
+    path.unlink()
+    state.select_polygon([(0, 0), (6, 0), (6, 6), (0, 6)])
+    path = state.export("selection", "json")
+    table, header = read_export(path)
+    assert sorted(table["id"]) == sorted(state.selected_ids) and header["query"]["kind"] == "map selection"
+    path.unlink()
+    state.select_ids([], "")
+    with pytest.raises(UserError):
+        state.export("selection", "csv")
+
+
+def test_nearest(state):
+    f = state.frame
+    x, y = f["x"].iloc[10], f["y"].iloc[10]
+    assert state.nearest(x, y) == f["id"].iloc[10] or np.hypot(*(f.loc[f["id"] == state.nearest(x, y), ["x", "y"]].to_numpy()[0] - [x, y])) < 1e-9
+    assert state.nearest(1e6, 1e6, max_dist=1.0) is None
