@@ -295,6 +295,24 @@ class AppState(param.Parameterized):
                                  "theory": spec.theory, "source": spec.source})
         return pd.DataFrame(rows, columns=["quantity", "value", "unit", "theory", "source"])
 
+    def predictions(self, material_id: str | None = None, structure: Any = None) -> tuple[pd.DataFrame | None, str]:
+        """(table, note): the Explorer's predicted properties ± ensemble spread, beside the stored label if any."""
+        ex = self.explorer
+        if ex.predictor is None:
+            return None, "not available: " + (ex._predictor_error or "no property heads")
+        pred = ex.predict(material_id=material_id) if material_id is not None else ex.predict(structure=structure)
+        rows = []
+        for r in pred.itertuples():
+            known = ""
+            if material_id is not None and r.label_column in self.indexed.columns:
+                v = pd.to_numeric(pd.Series([self.indexed.at[material_id, r.label_column]]), errors="coerce").iloc[0]
+                known = f"{v:.4g}" if pd.notna(v) else ""
+            rows.append({"quantity": r.quantity, "predicted": f"{r.value:.3g}",
+                         "1σ range": f"{r.low_1sigma:.3g} … {r.high_1sigma:.3g}", "unit": r.unit,
+                         "stored (MP PBE)": known, "test MAE": f"{r.test_mae:.3g} {r.transformed_unit}"})
+        note = pred["theory"].iloc[0] if len(pred) else ""
+        return pd.DataFrame(rows), note
+
     def has(self, material_id: str, column: str) -> bool:
         t = self.indexed
         return material_id in t.index and bool(t.at[material_id, column])
@@ -399,7 +417,9 @@ class AppState(param.Parameterized):
             except (ValueError, OSError) as e:
                 raise UserError(f"cannot place {filename}: {e}".replace(str(path), filename)) from e
             formula = _formula_of(path)
-            placed = {"name": filename, "formula": formula, "x": x, "y": y, "text": data.decode("utf-8", "replace")}
+            preds, _ = self.predictions(structure=path)
+            placed = {"name": filename, "formula": formula, "x": x, "y": y, "text": data.decode("utf-8", "replace"),
+                      "predictions": None if preds is None else preds.to_dict("records")}
             self.placed = placed
             self.run_query(f"uploaded structure {filename} ({formula})", structure=path)
         return placed

@@ -191,6 +191,49 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_heads_build(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from mlcm_core.explore.predict import HEAD_TARGETS, build_heads
+    from mlcm_core.train.config import FinetuneConfig
+    from mlcm_core.train.finetune import finetune
+
+    config = FinetuneConfig.from_yaml(args.config)
+    runs = {}
+    for target in args.targets or HEAD_TARGETS:
+        run = args.runs / target
+        if not (run / "result.json").exists():  # resumable: finished targets are reused
+            finetune(args.store, replace(config, out_dir=str(run)), target, pretrained=args.pretrained)
+        runs[target] = run
+    out = build_heads(args.store, runs, args.out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(json.dumps({t["name"]: t["metrics"] for t in manifest["targets"]}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mlcm_core.data.sources.structure_files import read_structure_file
+    from mlcm_core.explore.predict import PropertyPredictor
+
+    predictor = PropertyPredictor.load(args.heads)
+    frames = []
+    for path in args.files:
+        frame = predictor.predict(read_structure_file(path).structure)
+        frame.insert(0, "file", str(path))
+        frames.append(frame.drop(columns="structure"))
+    import pandas as pd
+
+    table = pd.concat(frames, ignore_index=True)
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+    else:
+        for row in table.itertuples():
+            print(f"{row.file}  {row.quantity:<26} {row.value:10.4g} {row.unit:<8} "
+                  f"(1σ {row.low_1sigma:.4g} … {row.high_1sigma:.4g}; test MAE {row.test_mae:.3g} {row.transformed_unit})")
+    return 0
+
+
 def app_command(address: str = "127.0.0.1", port: int = 5006, allow_websocket_origin: str | None = None,
                 show: bool = False) -> list[str]:
     """The `panel serve` command line that `mlcm app` runs (a pure function, so it can be tested).
@@ -297,6 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, default=DEFAULT_STORE)
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=cmd_finetune)
+
+    heads = sub.add_parser("heads", help="property heads (fine-tuned ensembles) for predictions").add_subparsers(
+        dest="heads_command", required=True)
+    p = heads.add_parser("build", help="fine-tune an ensemble per target (resumable) and write the heads folder")
+    p.add_argument("--pretrained", type=Path, default=Path("precomputed/checkpoint"))
+    p.add_argument("--config", type=Path, default=Path("configs/heads_cpu.yaml"))
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.add_argument("--runs", type=Path, default=Path("var/runs/heads"), help="fine-tuning runs, one folder per target")
+    p.add_argument("--out", type=Path, default=Path("precomputed/heads"))
+    p.add_argument("--targets", nargs="*", default=None)
+    p.set_defaults(func=cmd_heads_build)
+
+    p = sub.add_parser("predict", help="predict band gap, formation energy, K and G (± ensemble spread) for CIF/POSCAR files")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--heads", type=Path, default=Path("precomputed/heads"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("app", help="serve the dashboard (127.0.0.1 by default)")
     p.add_argument("--address", default="127.0.0.1")

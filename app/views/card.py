@@ -13,8 +13,8 @@ from app.store import AppState
 class PropertyCard(pn.viewable.Viewer):
     """Identity, modalities, known labels (value, unit, theory, source) and the Explorer's uncertainty hints.
 
-    Predicted properties appear only if the Explorer offers them; today it does not (no fine-tuned heads), and
-    the card says so rather than showing nothing.
+    Predicted properties (the Explorer's fine-tuned ensembles) sit beside the stored label of the same quantity;
+    without property heads the card says why rather than showing nothing.
     """
 
     state = param.ClassSelector(class_=AppState)
@@ -33,11 +33,6 @@ class PropertyCard(pn.viewable.Viewer):
                 "modality disagreement": ("n/a (one modality)" if not np.isfinite(r["disagreement"])
                                           else f"{r['disagreement']:.3f}")}
 
-    def predictions(self, mid: str) -> pd.DataFrame | None:
-        predict = getattr(self.state.explorer, "predict", None)
-        if predict is None:
-            return None
-        return predict(mid)
 
     def _card(self, ids: list[str], focus: str = ""):
         mid = self.material(focus, ids)
@@ -56,9 +51,12 @@ class PropertyCard(pn.viewable.Viewer):
                 f"modalities: {mods}")
         card = self.state.label_card(mid)
         hints = " · ".join(f"{k}: {v}" for k, v in self.hints(mid).items())
-        preds = self.predictions(mid)
-        pred_md = ("**Predicted properties**: not offered — the Explorer has no fine-tuned property heads yet, so "
-                   "only stored DFT labels are shown." if preds is None else "**Predicted properties (with uncertainty)**")
+        if self.state.has(mid, "has_structure"):
+            preds, note = self.state.predictions(material_id=mid)
+        else:
+            preds, note = None, "none: the material has no structure (predictions start from a crystal)"
+        pred_md = (f"**Predicted properties**: {note}" if preds is None else
+                   f"**Predicted properties** ± ensemble spread ({note}):")
         parts = [pn.pane.Markdown(head),
                  pn.pane.DataFrame(card.assign(value=card["value"].map(lambda v: f"{v:.4g}")), index=False,
                                    sizing_mode="stretch_width", escape=True, border=0,
@@ -67,7 +65,8 @@ class PropertyCard(pn.viewable.Viewer):
                  pn.pane.Markdown(f"**Uncertainty hints** (relative): {hints}"),
                  pn.pane.Markdown(pred_md)]
         if preds is not None:
-            parts.append(pn.widgets.Tabulator(preds, show_index=False, disabled=True))
+            parts.append(pn.pane.DataFrame(preds, index=False, sizing_mode="stretch_width", escape=True, border=0,
+                                           styles={"font-size": "12px"}, css_classes=["mlcm-predictions"]))
         return pn.Column(*parts, css_classes=["mlcm-card"], sizing_mode="stretch_width")
 
     def __panel__(self):

@@ -32,7 +32,12 @@ class UploadView(pn.viewable.Viewer):
         p = self.state.placed
         if not p:
             return "_Upload a CIF or POSCAR (≤ 1 MB) to place it on the map (★) and list its nearest crystals._"
-        return f"Placed **{p['name']}** ({p['formula']}) at ({p['x']:.2f}, {p['y']:.2f}) ★; its nearest crystals are the candidates."
+        text = f"Placed **{p['name']}** ({p['formula']}) at ({p['x']:.2f}, {p['y']:.2f}) ★; its nearest crystals are the candidates."
+        preds = p.get("predictions")
+        if preds:
+            text += "\n\nPredicted: " + "; ".join(f"{r['quantity']} {r['predicted']} {r['unit']} ({r['1σ range']})"
+                                                  for r in preds)
+        return text
 
     def __panel__(self):
         return pn.Column(self._input, self._info)

@@ -177,14 +177,22 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     # the SCF's highest band stays scf_band_margin_ev above E_F at every k-point.
     n_guess = sum(setup_valence(s, p["setup_dir"]) for s in job["symbols"])
     nbands_scf = math.ceil(0.6 * (n_guess + abs(sum(job.get("magmoms") or [0.0])))) + 4
-    for attempt in range(3):
+    for attempt in range(4):  # symmetry fallback + band-count retries
         calc = GPAW(mode=PW(p["ecut_ev"]), xc=p["xc"], kpts={"size": kscf, "gamma": True}, nbands=nbands_scf,
                     occupations={"name": p["occupations"], "width": p["smearing_ev"]},
                     setups=job.get("setups") or "paw", spinpol=spin, maxiter=p["scf_maxiter"], symmetry=symmetry,
                     convergence={"energy": p["scf_energy_tol_ev"], "density": p["scf_density_tol"]},
                     txt=(log + (f".scf{attempt}" if attempt else "")) if log else None)
         atoms.calc = calc
-        energy = float(atoms.get_potential_energy())
+        try:
+            energy = float(atoms.get_potential_energy())
+        except OverflowError:
+            # GPAW 22.8's Fermi-level guess divides by the smallest k-point weight, which its symmetry
+            # reduction sets to 0 for a few cells (CsBr mp-571222, Li2CuGe mp-35841): redo without symmetry.
+            if symmetry == "off":
+                raise
+            symmetry = "off"
+            continue
         eps_scf, w_scf = _eigenvalues(calc, calc.get_number_of_bands())
         scf_margin = float(eps_scf[:, :, -1].min() - calc.get_fermi_level())
         if scf_margin >= p["scf_band_margin_ev"]:
@@ -236,7 +244,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "vbm": vbm, "cbm": cbm, "magmom": magmom, "spin_polarized": spin, "n_valence": n_valence,
         "kpts_scf": np.array(kscf), "kpts_dos": np.array(kdos),
         "nk_scf_ibz": len(calc.get_ibz_k_points()), "nk_dos_ibz": len(w_k),
-        "nbands_scf": nbands_scf, "scf_band_margin": scf_margin,
+        "nbands_scf": nbands_scf, "scf_band_margin": scf_margin, "symmetry_scf": json.dumps(symmetry),
         "nbands": nconv, "nbands_needed": int(np.sum(eps.min(axis=(0, 1)) < ref + p["band_margin_ev"])) + 1,
         "nbands_total": nconv + buffer, "band_top_min": top, "band_retries": retries,
         "seconds_scf": t_scf, "seconds_dos": t_dos, "seconds": time.time() - t0,

@@ -19,9 +19,12 @@ __all__ = [
     "ExportPathError",
     "Filters",
     "GridIndex2D",
+    "HeadsError",
+    "PropertyPredictor",
     "RangeFilter",
     "TopKIndex",
     "UMAPProjection",
+    "build_heads",
     "build_precomputed",
     "embed_store",
     "export_candidates",
@@ -39,6 +42,7 @@ _WHERE = {
     "GridIndex2D": "index", "TopKIndex": "index",
     "UMAPProjection": "projection", "place_by_neighbours": "projection",
     "build_precomputed": "build",
+    "HeadsError": "predict", "PropertyPredictor": "predict", "build_heads": "predict",
 }
 
 

@@ -20,9 +20,10 @@ Caveat on cross-modal scores: a DOS compared with crystal embeddings gives small
 with crystals (the "modality gap" of contrastive models); the ranking within one query is meaningful,
 absolute values across galleries are not.
 
-Predictions with uncertainty from fine-tuned heads are not offered: the only fine-tuned checkpoints in the
-project are the quick evaluation smoke runs (var/runs/evaluate/quick, heads on encoders pre-trained for two
-steps), whose predictions would mislead. Labels shown are stored DFT values only.
+Predictions (``predict``, and ``pred_*`` columns of every candidate list): the property heads beside the
+explore folder (``<precomputed>/heads``, see ``mlcm_core.explore.predict``), an ensemble of fine-tuned crystal
+encoders whose spread is the uncertainty; gallery materials are looked up (predicted when the heads were
+built), new structures are run through the ensemble. Without a heads folder, predictions are simply absent.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
     from mlcm_core.data.store import DatasetStore
+    from mlcm_core.explore.predict import PropertyPredictor
     from mlcm_core.models.multimodal import MultimodalModel
 
 __all__ = ["DensityHint", "Explorer", "ExplorerError"]
@@ -179,6 +181,8 @@ class Explorer:
         self._grid: GridIndex2D | None = None
         self._elements: np.ndarray | None = None
         self._hint: DensityHint | None = None
+        self._predictor: Any = None
+        self._predictor_error: str | None = None
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -243,6 +247,44 @@ class Explorer:
                 raise ExplorerError("explore/model holds other weights than the embeddings were made with")
             self._model = model
         return self._model
+
+    @property
+    def predictor(self) -> PropertyPredictor | None:
+        """The property heads in ``<precomputed>/heads`` (loaded and SHA-256 checked on first use), or None."""
+        if self._predictor is None and self._predictor_error is None:
+            from mlcm_core.explore.predict import HEADS_DIR, HeadsError, PropertyPredictor
+
+            heads = self.directory.parent / HEADS_DIR
+            if not (heads / "manifest.json").exists():
+                self._predictor_error = f"no property heads at {heads} (build them with `mlcm heads build`)"
+            else:
+                try:
+                    self._predictor = PropertyPredictor.load(heads)
+                except HeadsError as e:  # corrupt heads: searching still works; predict() says why
+                    self._predictor_error = str(e)
+                    warnings.warn(f"property predictions disabled: {e}", RuntimeWarning, stacklevel=2)
+        return self._predictor
+
+    def predict(self, structure: Any = None, material_id: str | None = None) -> pd.DataFrame:
+        """Predicted band gap, formation energy, K and G with their ensemble spread (one row per target).
+
+        A material of the gallery is looked up; a structure (Structure, CIF/POSCAR path or text) is run
+        through the ensemble. Columns: target, quantity, mean, std (transformed unit), value, low/high_1sigma,
+        unit, test_mae, theory.
+        """
+        if (structure is None) == (material_id is None):
+            raise ValueError("give exactly one of structure= or material_id=")
+        predictor = self.predictor
+        if predictor is None:
+            raise ExplorerError(self._predictor_error or "no property heads")
+        if material_id is not None:
+            found = predictor.lookup([material_id])
+            if len(found):
+                return found.drop(columns="id")
+            structure = self._structure_or_none(material_id)
+            if structure is None:
+                raise ValueError(f"material {material_id!r} has no structure to predict from")
+        return predictor.predict(self._as_structure(structure)).drop(columns="structure")
 
     def index(self, gallery: str) -> TopKIndex:
         """The exact top-k index over one modality's embeddings (built on first use)."""
@@ -441,6 +483,13 @@ class Explorer:
         for c in labels:
             out[c] = pd.to_numeric(t[c], errors="coerce").to_numpy()
         out["labels"] = [_label_text(row, labels) for row in t[labels].itertuples(index=False)] if labels else ""
+        predictor = self.predictor
+        if predictor is not None:
+            pred = predictor.lookup(out["id"].tolist())
+            for name in predictor.target_names:
+                p = pred[pred["target"] == name].set_index("id")
+                out[f"pred_{name}"] = p["mean"].reindex(out["id"]).to_numpy()
+                out[f"pred_{name}_std"] = p["std"].reindex(out["id"]).to_numpy()
         return out
 
     def _weights(self, weights: Mapping[str, float] | None, names: list[str]) -> dict[str, float]:
