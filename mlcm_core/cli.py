@@ -191,6 +191,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace, reuse_map: bool = True) -> int:
+    from mlcm_core.explore.build import build_precomputed
+
+    kwargs = {} if reuse_map else {"n_neighbors": args.n_neighbors, "min_dist": args.min_dist, "seed": args.seed}
+    path = build_precomputed(args.store, args.checkpoint, args.out, workers=args.workers, reuse_map=reuse_map,
+                             **kwargs)
+    manifest = json.loads((path / "manifest.json").read_text())
+    print(json.dumps({"counts": manifest["counts"], "placement": manifest["placement"]}))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    return cmd_embed(args, reuse_map=False)
+
+
 def cmd_heads_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -340,6 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, default=DEFAULT_STORE)
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=cmd_finetune)
+
+    for name, func, text in (
+            ("embed", cmd_embed, "embed every material with each encoder it has data for (keeps the fitted map: "
+                                 "new materials are placed with its transform)"),
+            ("project", cmd_project, "embed and fit a new UMAP map (cosine) of the crystal embeddings")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+        p.add_argument("--checkpoint", type=Path, default=Path("precomputed/checkpoint"))
+        p.add_argument("--out", type=Path, default=Path("precomputed"), help="writes <out>/explore")
+        p.add_argument("--workers", type=int, default=0)
+        if name == "project":
+            p.add_argument("--n-neighbors", type=int, default=15)
+            p.add_argument("--min-dist", type=float, default=0.1)
+            p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=func)
 
     heads = sub.add_parser("heads", help="property heads (fine-tuned ensembles) for predictions").add_subparsers(
         dest="heads_command", required=True)

@@ -7,7 +7,8 @@ Layout written to ``<out_dir>/explore/`` (the app loads it with ``Explorer.load(
                       SHA-256 of every file below (verified by Explorer.load before anything is read)
     embeddings.npz    EmbeddingTable (float16, see embed.py)
     projection.npz    UMAPProjection (plain arrays, no pickle, see projection.py)
-    map.npz           ids, (N, 2) positions and how each was placed ("umap" or "neighbours:<modalities>")
+    map.npz           ids, (N, 2) positions and how each was placed ("umap": the fit; "umap-transform": placed
+                      later with the fitted map's transform; "neighbours:<modalities>": no structure)
     model/            a copy of the checkpoint's model.safetensors + checkpoint.json, so queries embed with
                       exactly the weights the gallery was embedded with, even after the training run has
                       rotated its checkpoints away
@@ -98,6 +99,7 @@ def build_precomputed(
     workers: int = 0,
     verify_store: bool = True,
     progress: bool = True,
+    reuse_map: bool = False,
 ) -> Path:
     """Embed a store, fit the map and write ``<out_dir>/explore/`` (see the module docstring).
 
@@ -110,6 +112,10 @@ def build_precomputed(
         seed: UMAP random state (None: parallel, not reproducible).
         place_k: crystals averaged to place a material without a structure.
         batch_size, cache_dir, workers: see ``embed_store``.
+        reuse_map: keep the fitted UMAP of the existing build (same checkpoint required): materials already on
+            the map keep their positions, new crystals are placed with the projection's ``transform``, others
+            by their nearest crystals. The map a user knows stays put when the corpus grows (``mlcm embed``);
+            without an existing build the map is fitted.
 
     Returns:
         the path of the written ``explore`` folder.
@@ -134,17 +140,29 @@ def build_precomputed(
         table.save(tmp)
 
         crystal = table.vectors["crystal"]
-        projection = UMAPProjection.fit(crystal, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed)
-        projection.save(tmp)
-
         xy = np.zeros((len(table), 2), np.float32)
         placed_by = np.empty(len(table), dtype=object)
-        xy[table.rows["crystal"]] = projection.embedding
-        placed_by[table.rows["crystal"]] = "umap"
+        previous = _previous_map(final, table.meta["checkpoint_sha256"]) if reuse_map else None
+        if previous is None:
+            projection = UMAPProjection.fit(crystal, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed)
+            xy[table.rows["crystal"]] = projection.embedding
+            placed_by[table.rows["crystal"]] = "umap"
+        else:
+            projection, old_xy, old_placed = previous
+            rows = table.rows["crystal"]
+            ids = table.ids[rows]
+            known = np.array([i in old_xy and old_placed[i] in ("umap", "umap-transform") for i in ids], bool)
+            xy[rows[known]] = np.array([old_xy[i] for i in ids[known]], np.float32).reshape(-1, 2)
+            placed_by[rows[known]] = [old_placed[i] for i in ids[known]]
+            if (~known).any():
+                xy[rows[~known]] = projection.transform(crystal[~known].astype(np.float32))
+                placed_by[rows[~known]] = "umap-transform"
+        projection.save(tmp)
         others = np.flatnonzero(~table.has("crystal"))
         if len(others):
             index = TopKIndex(crystal)
-            xy[others] = place_by_neighbours(placement_vectors(table, others), index, projection.embedding, k=place_k)
+            xy[others] = place_by_neighbours(placement_vectors(table, others), index, xy[table.rows["crystal"]],
+                                             k=place_k)
             for k in others:
                 mods = [m for m in table.modalities if m != "crystal" and table.has(m)[k]]
                 placed_by[k] = "neighbours:" + "+".join(mods)
@@ -167,7 +185,9 @@ def build_precomputed(
                            "embed_dim": table.meta["embed_dim"]},
             "umap": {k: projection.params[k] for k in ("n_neighbors", "min_dist", "metric", "random_state",
                                                        "umap_version")},
-            "placement": {"other_modalities": f"similarity-weighted mean of the top-{place_k} crystals"},
+            "placement": {"other_modalities": f"similarity-weighted mean of the top-{place_k} crystals",
+                          "map": "fitted" if previous is None else "kept from the previous build",
+                          "transformed": int(np.sum(placed_by == "umap-transform"))},
             "counts": {"materials": len(table), **{m: len(r) for m, r in table.rows.items()}},
             "files": files,
         }
@@ -181,6 +201,24 @@ def build_precomputed(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _previous_map(explore_dir: Path, checkpoint_sha256: str) -> tuple[UMAPProjection, dict[str, Any], dict[str, str]] | None:
+    """(projection, id -> xy, id -> placed_by) of an existing build made with the same weights, else None."""
+    manifest_path = explore_dir / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("checkpoint", {}).get("sha256") != checkpoint_sha256:
+        raise ValueError(f"{explore_dir} was built with other weights: its map cannot place these embeddings; "
+                         "fit a new map (mlcm project)")
+    files = manifest.get("files", {})
+    projection = UMAPProjection.load(explore_dir / "projection.npz", expected_sha256=files.get("projection.npz"))
+    if sha256_file(explore_dir / "map.npz") != files.get("map.npz"):
+        raise ValueError(f"checksum mismatch for {explore_dir / 'map.npz'}")
+    with np.load(explore_dir / "map.npz", allow_pickle=False) as z:
+        ids, xy, placed = z["ids"].tolist(), z["xy"], z["placed_by"].tolist()
+    return projection, dict(zip(ids, xy)), dict(zip(ids, placed))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

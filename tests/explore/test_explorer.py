@@ -23,6 +23,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mlcm_core.data.conventions import LABELS
 
@@ -347,3 +348,44 @@ def test_newer_store_shard_warns(tiny, tmp_path):
     with pytest.warns(RuntimeWarning, match="newer"):
         ex = Explorer.load(pre, store=grown)
     assert "extra-1" not in set(ex.table["id"])
+
+
+def test_embed_keeps_the_fitted_map_and_places_new_materials(tiny, default_store, tmp_path):
+    """`mlcm embed` (reuse_map): known materials keep their exact positions, a new crystal goes through transform."""
+    from mlcm_core.data.record import MaterialRecord
+    from mlcm_core.data.store import DatasetStore
+    from mlcm_core.explore import Explorer
+    from mlcm_core.explore.build import build_precomputed
+
+    store, ckpt, pre = tiny
+    shutil.copytree(store.root, tmp_path / "store")
+    shutil.copytree(pre, tmp_path / "pre")
+    grown = DatasetStore.open(tmp_path / "store")
+    t = default_store.table
+    new_id = t.loc[(t["source"] == "matminer-0.3.9") & ~t["id"].isin(store.table["id"]), "id"].iloc[0]
+    grown.append([MaterialRecord(id=new_id, source="matminer-0.3.9", structure=default_store.structure(new_id))],
+                 "later", {"source": "test: one more real MP structure"})
+    before = Explorer.load(pre, store=store)
+    build_precomputed(grown.root, ckpt, tmp_path / "pre", cache_dir=tmp_path / "graphs", progress=False,
+                      verify_store=False, reuse_map=True)
+    after = Explorer.load(tmp_path / "pre", store=grown)
+    manifest = after.manifest
+    assert manifest["placement"]["map"] == "kept from the previous build" and manifest["placement"]["transformed"] == 1
+    old = pd.DataFrame(before.xy, index=before.embeddings.ids)
+    new = pd.DataFrame(after.xy, index=after.embeddings.ids)
+    crystals = before.table.loc[before.table["placed_by"] == "umap", "id"]
+    np.testing.assert_array_equal(new.loc[crystals].to_numpy(), old.loc[crystals].to_numpy())
+    row = after.table.set_index("id").loc[new_id]
+    assert row["placed_by"] == "umap-transform"
+    stored = after.embeddings.get(new_id, "crystal").astype(np.float32)
+    assert (row["x"], row["y"]) == pytest.approx(tuple(after.projection.transform(stored[None])[0]), abs=1e-4)
+    # other weights: the old map cannot place their embeddings
+    torch.manual_seed(1)
+    from mlcm_core.models.multimodal import MultimodalConfig, MultimodalModel
+
+    from tests.explore.conftest import TINY_MODEL
+
+    other = MultimodalModel(MultimodalConfig.cpu().with_overrides(TINY_MODEL)).save_checkpoint(tmp_path / "other")
+    with pytest.raises(ValueError, match="other weights"):
+        build_precomputed(grown.root, other, tmp_path / "pre", cache_dir=tmp_path / "graphs", progress=False,
+                          verify_store=False, reuse_map=True)

@@ -147,3 +147,22 @@ def test_calibration_counts_errors_within_sigma():
     assert c["within_1sigma"] == 0.5 and c["within_2sigma"] == 0.75
     c = calibration(np.zeros(4), np.array([0.1, 0.2, 0.3, 0.4]), np.array([1.0, 2.0, 3.0, 4.0]))
     assert c["spearman_abs_error_vs_sigma"] == pytest.approx(1.0)
+
+
+def test_mlcm_predict_prints_the_same_values(heads, tmp_path, capsys):
+    from pymatgen.io.cif import CifWriter
+
+    from mlcm_core.cli import main
+    from mlcm_core.explore.predict import PropertyPredictor
+
+    store, pre = heads
+    material_id = store.table.loc[store.table["has_structure"].astype(bool), "id"].iloc[1]
+    cif = tmp_path / "x.cif"
+    cif.write_text(str(CifWriter(store.structure(material_id))))
+    assert main(["predict", str(cif), "--heads", str(pre / "heads"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    expected = PropertyPredictor.load(pre / "heads").predict(store.structure(material_id)).set_index("target")
+    assert [r["target"] for r in rows] == ["formation_energy_per_atom", "log10_k_vrh"]
+    for r in rows:
+        assert r["file"] == str(cif)
+        assert r["mean"] == pytest.approx(expected.loc[r["target"], "mean"], abs=1e-4)  # CIF rounding of positions
