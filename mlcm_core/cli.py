@@ -358,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     for name, func, text in (
-            ("embed", cmd_embed, "embed every material with each encoder it has data for (keeps the fitted map: "
-                                 "new materials are placed with its transform)"),
+            ("embed", cmd_embed, ("embed every material with each encoder it has data for (keeps the fitted map: "
+                                  "new materials are placed with its transform)")),
             ("project", cmd_project, "embed and fit a new UMAP map (cosine) of the crystal embeddings")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--store", type=Path, default=DEFAULT_STORE)

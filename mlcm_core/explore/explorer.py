@@ -86,6 +86,9 @@ class DensityHint:
             embedding is one the model is unsure about; values are relative (cross-modal cosines are
             lower than within-modality ones), compare them within this map.
         region_count: per material id, the count of its cell (sparse regions = few similar known materials).
+        prediction_spread: per material id, the property heads' ensemble std averaged over targets, each in
+            units of that target's test MAE (1 = as unsure as the typical test error); NaN without heads or
+            without a structure. High where the fine-tuned models disagree: where new labels would help most.
     """
 
     x_edges: np.ndarray
@@ -94,6 +97,7 @@ class DensityHint:
     mean_disagreement: np.ndarray
     disagreement: pd.Series
     region_count: pd.Series
+    prediction_spread: pd.Series
 
 
 def _find_explore_dir(path: Path) -> Path:
@@ -343,10 +347,22 @@ class Explorer:
         ids = pd.Index(self.embeddings.ids, name="id")
         hint = DensityHint(x_edges=x_edges, y_edges=y_edges, counts=counts, mean_disagreement=mean,
                            disagreement=pd.Series(dis, index=ids, name="modality_disagreement"),
-                           region_count=pd.Series(counts[ix, iy], index=ids, name="region_count"))
+                           region_count=pd.Series(counts[ix, iy], index=ids, name="region_count"),
+                           prediction_spread=self._prediction_spread(ids))
         if bins == _HINT_BINS:
             self._hint = hint
         return hint
+
+    def _prediction_spread(self, ids: pd.Index) -> pd.Series:
+        out = pd.Series(np.nan, index=ids, name="prediction_spread")
+        predictor = self.predictor
+        if predictor is None:
+            return out
+        pred = predictor.lookup(ids.tolist())
+        scale = pred["test_mae"].where(pred["test_mae"] > 0)
+        pred = pred.assign(relative=pred["std"] / scale)
+        spread = pred.groupby("id")["relative"].mean()
+        return out.fillna(spread.reindex(ids)).rename("prediction_spread")
 
     def _disagreement(self) -> np.ndarray:
         e = self.embeddings
@@ -473,6 +489,7 @@ class Explorer:
         out["placed_by"] = t["placed_by"].to_numpy()
         out["region_count"] = hint.region_count.to_numpy()[positions]
         out["modality_disagreement"] = hint.disagreement.to_numpy()[positions]
+        out["prediction_spread"] = hint.prediction_spread.to_numpy()[positions]
         for c in ("has_structure", "has_dos", "has_charge_density"):
             out[c] = t[c].fillna(False).astype(bool).to_numpy()
         out["elements"] = ["-".join(e) if e is not None and not isinstance(e, float) else None for e in t["elements"]]

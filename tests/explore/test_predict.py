@@ -111,6 +111,13 @@ def test_explorer_predicts_and_candidates_carry_predictions(heads, tmp_path):
     assert first["pred_log10_k_vrh"] == pytest.approx(by_id.loc["log10_k_vrh", "mean"], abs=1e-6)
     with pytest.raises(ValueError, match="exactly one"):
         ex.predict()
+    # the exploration hint: ensemble std in units of each target's test MAE, averaged over targets
+    spread = ex.density_hint().prediction_spread
+    maes = by_id["test_mae"]
+    assert spread[material_id] == pytest.approx(float((by_id["std"] / maes).mean()), rel=1e-4)
+    assert cands.set_index("id").loc[material_id, "prediction_spread"] == pytest.approx(spread[material_id])
+    no_structure = ex.table.loc[~ex.table["has_structure"].astype(bool), "id"]
+    assert spread[no_structure].isna().all() and spread.notna().sum() == 27
 
 
 def test_explorer_without_heads_says_so(tiny, tmp_path):
@@ -122,6 +129,7 @@ def test_explorer_without_heads_says_so(tiny, tmp_path):
     with pytest.raises(ExplorerError, match="no property heads"):
         ex.predict(material_id=ex.embeddings.ids[0])
     assert not any(c.startswith("pred_") for c in ex.query(material_id=ex.embeddings.ids[0], k=3))
+    assert ex.density_hint().prediction_spread.isna().all()
 
 
 def test_corrupt_heads_are_refused(heads, tmp_path):
