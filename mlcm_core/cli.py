@@ -94,13 +94,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 DFT_FAILED = Path("precomputed") / "dft_failed.json"  # committed: failures are not retried by later sessions
 
 
-def _dft_pool(store_path: Path, max_sites: int, include_done: bool = False) -> dict:
-    """MP structures of the store not yet computed with GPAW (nor recorded as failed)."""
+# which structures of the store the DFT pool draws from: MP (with MP labels) first; CDVAE's perov_5 cells
+# (5 sites, Castelli's GPAW labels) extend it past the ~2,700 MP structures with <= 10 sites
+DFT_POOL_SOURCES = {"mp": ("matminer-0.3.9",), "perov5": ("cdvae-perov_5",), "all": ("matminer-0.3.9", "cdvae-perov_5")}
+
+
+def _dft_pool(store_path: Path, max_sites: int, include_done: bool = False, sources: str = "mp") -> dict:
+    """Structures of the store not yet computed with GPAW (nor recorded as failed)."""
     from mlcm_core.data.store import DatasetStore
 
     store = DatasetStore.open(store_path)
     t = store.table
-    mp = t[t["id"].str.startswith("mp-") & t["has_structure"].astype(bool) & (t["nsites"] <= max_sites)]
+    mp = t[t["source"].isin(DFT_POOL_SOURCES[sources]) & t["has_structure"].astype(bool) & (t["nsites"] <= max_sites)]
     failed = set(json.loads(DFT_FAILED.read_text())) if DFT_FAILED.exists() else set()
     if not include_done:
         done = mp["dos_source"].isin(["gpaw-engine", "dft-seed"]) & mp["has_charge_density"].astype(bool)
@@ -111,9 +116,9 @@ def _dft_pool(store_path: Path, max_sites: int, include_done: bool = False) -> d
 def cmd_dft_pool(args: argparse.Namespace) -> int:
     from mlcm_core.dft.engine import order_pool
 
-    pool = order_pool(_dft_pool(args.store, args.max_sites), max_sites=args.max_sites)
+    pool = order_pool(_dft_pool(args.store, args.max_sites, sources=args.sources), max_sites=args.max_sites)
     hours = sum(c.seconds for _, c in pool) / 3600
-    print(f"{len(pool)} eligible MP structures to compute (<= {args.max_sites} sites, PBE setups for every element); "
+    print(f"{len(pool)} eligible structures ({args.sources}) to compute (<= {args.max_sites} sites, PBE setups for every element); "
           f"estimated {hours:.1f} core-hours")
     for mid, cost in pool[: args.show]:
         print(f"  {mid:12s} {cost}")
@@ -127,7 +132,7 @@ def cmd_dft_run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    candidates = _dft_pool(args.store, args.max_sites)
+    candidates = _dft_pool(args.store, args.max_sites, sources=args.sources)
     chosen = order_pool(candidates, max_sites=args.max_sites)[: args.limit]
     structures = {mid: candidates[mid] for mid, _ in chosen}
     summary = run_many(structures, args.out, workers=args.workers, timeout=args.timeout)
@@ -140,7 +145,7 @@ def cmd_dft_ingest(args: argparse.Namespace) -> int:
     """Merge finished GPAW results into the store as one new shard; record failures."""
     from mlcm_core.dft.engine import record_from_npz
 
-    pool = _dft_pool(args.store, max_sites=10**6)
+    pool = _dft_pool(args.store, max_sites=10**6, sources="all")
     records = [record_from_npz(p, p.stem, pool[p.stem]) for p in sorted(args.results.glob("*.npz"))
                if p.stem in pool]
     failed = set(json.loads(DFT_FAILED.read_text())) if DFT_FAILED.exists() else set()
@@ -316,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = dft.add_parser("pool", help="count and order the eligible MP structures by estimated cost")
     p.add_argument("--store", type=Path, default=DEFAULT_STORE)
     p.add_argument("--max-sites", type=int, default=10)
+    p.add_argument("--sources", choices=sorted(DFT_POOL_SOURCES), default="mp",
+                   help="mp: MP structures (default); perov5: CDVAE perov_5 cells; all: both, cheapest first")
     p.add_argument("--show", type=int, default=10)
     p.set_defaults(func=cmd_dft_pool)
 
@@ -325,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per material")
     p.add_argument("--max-sites", type=int, default=10)
+    p.add_argument("--sources", choices=sorted(DFT_POOL_SOURCES), default="mp",
+                   help="mp: MP structures (default); perov5: CDVAE perov_5 cells; all: both, cheapest first")
     p.add_argument("--limit", type=int, default=None, help="at most this many materials")
     p.set_defaults(func=cmd_dft_run)
 

@@ -169,3 +169,18 @@ def test_gpaw_pseudo_density_matches_vasp_chgcar(tmp_path: Path) -> None:
     assert vasp.mean() * structure.volume == pytest.approx(32.0, abs=1e-3)  # rho*V / V integrates to 32 e
     rec = compute(structure, "si8", tmp_path, LOW_PROTOCOL.replace(kpt_max_dos=3), timeout=600)
     assert density_correlation(rec.density.grid, vasp) > 0.9
+
+
+def test_dft_pool_sources_and_exclusions():
+    """The pool holds undone structures of the chosen sources; results already in the store are left out."""
+    from mlcm_core.cli import _dft_pool
+    from mlcm_core.data.store import DatasetStore
+
+    store_path = Path(__file__).resolve().parents[2] / "precomputed" / "dataset"
+    t = DatasetStore.open(store_path, verify=False).table
+    mp = _dft_pool(store_path, max_sites=4)
+    assert mp and all(i.startswith("mp-") for i in mp) and all(len(s) <= 4 for s in mp.values())
+    done = t.loc[t["dos_source"].isin(["gpaw-engine", "dft-seed"]) & t["has_charge_density"].astype(bool), "id"]
+    assert not set(done) & set(mp)
+    perov = _dft_pool(store_path, max_sites=5, sources="perov5")
+    assert len(perov) > 7000 and all(i.startswith("perov5:") and len(s) == 5 for i, s in perov.items())
