@@ -299,7 +299,7 @@ class AppState(param.Parameterized):
         """(table, note): the Explorer's predicted properties ± ensemble spread, beside the stored label if any."""
         ex = self.explorer
         if ex.predictor is None:
-            return None, "not available: " + (ex._predictor_error or "no property heads")
+            return None, "not available: " + ex.predictor_status
         pred = ex.predict(material_id=material_id) if material_id is not None else ex.predict(structure=structure)
         rows = []
         for r in pred.itertuples():
@@ -449,6 +449,13 @@ class AppState(param.Parameterized):
 def _indexed(dataset_path: str) -> pd.DataFrame:
     """The store table by id, without the structure JSON (half its memory; structures come from the store)."""
     return open_dataset(dataset_path).table.drop(columns=["structure_json"], errors="ignore").set_index("id")
+
+
+@pn.cache(max_items=8)
+def ids_having(dataset_path: str, column: str) -> frozenset[str]:
+    """Ids whose boolean ``column`` (has_dos, has_structure, ...) is true: set lookups for long selections."""
+    t = _indexed(dataset_path)
+    return frozenset(t.index[t[column].fillna(False).astype(bool)].astype(str))
 
 
 def _symbols(text: str) -> list[str]:

@@ -269,6 +269,11 @@ class Explorer:
                     warnings.warn(f"property predictions disabled: {e}", RuntimeWarning, stacklevel=2)
         return self._predictor
 
+    @property
+    def predictor_status(self) -> str:
+        """"ready", or why there are no predictions (missing or corrupt heads folder)."""
+        return "ready" if self.predictor is not None else (self._predictor_error or "no property heads")
+
     def predict(self, structure: Any = None, material_id: str | None = None) -> pd.DataFrame:
         """Predicted band gap, formation energy, K and G with their ensemble spread (one row per target).
 

@@ -125,7 +125,7 @@ def test_explorer_without_heads_says_so(tiny, tmp_path):
 
     store, _, pre = tiny
     ex = Explorer.load(pre, store=store, export_root=tmp_path)
-    assert ex.predictor is None
+    assert ex.predictor is None and "no property heads" in ex.predictor_status
     with pytest.raises(ExplorerError, match="no property heads"):
         ex.predict(material_id=ex.embeddings.ids[0])
     assert not any(c.startswith("pred_") for c in ex.query(material_id=ex.embeddings.ids[0], k=3))
