@@ -8,6 +8,7 @@ turns the worker's .npz into the project's MaterialRecord. Outputs live in one d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -215,6 +216,7 @@ def run_worker(job: dict[str, Any], timeout: float | None = None, cancel: thread
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([python, str(WORKER), "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 stderr=err, env=_worker_env(threads), start_new_session=True)
+        _inherit_niceness(proc.pid)
         assert proc.stdin is not None
         proc.stdin.write(json.dumps({**job, "parent_pid": os.getpid()}).encode())  # the worker exits if we die
         proc.stdin.close()
@@ -237,6 +239,16 @@ def run_worker(job: dict[str, Any], timeout: float | None = None, cancel: thread
     if proc.returncode != 0 or not Path(job["out"]).exists():
         raise DFTError(f"worker exit code {proc.returncode}\n{stderr[-8000:]}")
     return Path(job["out"])
+
+
+def _inherit_niceness(pid: int) -> None:
+    """Keep ``nice mlcm dft run`` nice: the worker's new session is its own scheduler autogroup, where a
+    process's nice value only ranks it within that group, so a niced campaign would still take a full share
+    of the CPU from an interactive session. Give the worker's autogroup the parent's niceness instead."""
+    niceness = os.nice(0)
+    if niceness > 0:
+        with contextlib.suppress(OSError):  # no autogroups (kernel option off, other OS): plain nice applies
+            Path(f"/proc/{pid}/autogroup").write_text(str(min(niceness, 19)))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -96,6 +96,26 @@ def test_prediction_is_the_ensemble_mean_and_spread(heads):
     assert predictor.lookup(["not-a-material"]).empty
 
 
+def test_sigma_scale_multiplies_the_spread(heads, tmp_path):
+    from mlcm_core.explore.predict import PropertyPredictor
+
+    store, pre = heads
+    manifest = json.loads((pre / "heads" / "manifest.json").read_text())
+    for spec in manifest["targets"]:  # the tiny store has < 10 validation rows per target: no scale is fitted
+        assert spec["sigma_scale"] == 1.0 and spec["metrics"]["sigma_scale_fitted_on"].endswith("validation rows")
+    copy = tmp_path / "heads"
+    shutil.copytree(pre / "heads", copy)
+    manifest["targets"][0]["sigma_scale"] = 2.5
+    (copy / "manifest.json").write_text(json.dumps(manifest))  # the manifest itself is not in its checksum list
+    structure = store.structure(store.table.loc[store.table["has_structure"].astype(bool), "id"].iloc[0])
+    base = PropertyPredictor.load(pre / "heads").predict(structure).set_index("target")
+    scaled = PropertyPredictor.load(copy).predict(structure).set_index("target")
+    name = manifest["targets"][0]["name"]
+    assert scaled.loc[name, "std"] == pytest.approx(2.5 * base.loc[name, "std"])
+    assert scaled.loc[name, "mean"] == pytest.approx(base.loc[name, "mean"])
+    assert "× 2.5" in scaled.loc[name, "theory"]
+
+
 def test_explorer_predicts_and_candidates_carry_predictions(heads, tmp_path):
     from mlcm_core.explore import Explorer
 
