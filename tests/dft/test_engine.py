@@ -184,3 +184,23 @@ def test_dft_pool_sources_and_exclusions():
     assert not set(done) & set(mp)
     perov = _dft_pool(store_path, max_sites=5, sources="perov5")
     assert len(perov) > 7000 and all(i.startswith("perov5:") and len(s) == 5 for i, s in perov.items())
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no scheduler autogroups on this kernel")
+def test_worker_session_keeps_the_campaigns_niceness():
+    """A worker in its own session (own autogroup) must not outrank interactive work when the campaign is niced."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, subprocess
+        from mlcm_core.dft.engine import _inherit_niceness
+        os.nice(7)
+        p = subprocess.Popen(["sleep", "5"], start_new_session=True)
+        _inherit_niceness(p.pid)
+        print(open(f"/proc/{p.pid}/autogroup").read().strip())
+        p.kill()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.endswith("nice 7"), out
