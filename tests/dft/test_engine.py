@@ -203,4 +203,4 @@ def test_worker_session_keeps_the_campaigns_niceness():
         p.kill()
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.endswith("nice 7"), out
+    assert out.strip().endswith("nice 7"), out
