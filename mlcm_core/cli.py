@@ -274,10 +274,32 @@ def app_command(address: str = "127.0.0.1", port: int = 5006, allow_websocket_or
     return cmd
 
 
+def check_precomputed(dataset: str | Path | None = None, explore: str | Path | None = None) -> str | None:
+    """None if the app's data (MLCM_DATASET / MLCM_EXPLORE, default precomputed/) opens with every checksum
+    right, else the reason, naming the file: the app is not started on corrupt data."""
+    import os
+
+    from mlcm_core.data.store import StoreError
+    from mlcm_core.explore import Explorer, ExplorerError
+
+    root = Path(__file__).resolve().parents[1] / "precomputed"
+    dataset = dataset or os.environ.get("MLCM_DATASET") or root / "dataset"
+    explore = explore or os.environ.get("MLCM_EXPLORE") or root / "explore"
+    try:
+        Explorer.load(explore, store=dataset)
+    except (ExplorerError, StoreError, OSError, ValueError, KeyError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     """Serve the dashboard on 127.0.0.1 unless --address says otherwise; origin check stays on."""
     import subprocess
 
+    problem = check_precomputed()
+    if problem:
+        print(f"error: not starting the app: {problem}", file=sys.stderr)
+        return 2
     cmd = app_command(args.address, args.port, args.allow_websocket_origin, args.show)
     print(" ".join(cmd))
     return subprocess.call(cmd)

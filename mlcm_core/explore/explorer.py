@@ -49,6 +49,7 @@ from mlcm_core.explore.embed import EmbeddingTable, load_model_verified, sha256_
 from mlcm_core.explore.export import EXPORT_FORMATS, export_candidates, label_metadata
 from mlcm_core.explore.filters import Filters, element_matrix
 from mlcm_core.explore.index import GridIndex2D, TopKIndex
+from mlcm_core.explore.predict import HEADS_DIR, HeadsError, PropertyPredictor, verify_heads
 from mlcm_core.explore.projection import UMAPProjection
 from mlcm_core.explore.resample import resample_polyline
 
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
     from mlcm_core.data.store import DatasetStore
-    from mlcm_core.explore.predict import PropertyPredictor
     from mlcm_core.models.multimodal import MultimodalModel
 
 __all__ = ["DensityHint", "Explorer", "ExplorerError"]
@@ -217,6 +217,12 @@ class Explorer:
                     raise ExplorerError(f"missing {path} listed in the explorer manifest")
                 if sha256_file(path) != digest:
                     raise ExplorerError(f"checksum mismatch for {path}: the file is corrupt or was modified")
+            heads = directory.parent / HEADS_DIR
+            if (heads / "manifest.json").exists():  # optional, but never silently corrupt
+                try:
+                    verify_heads(heads)
+                except HeadsError as e:
+                    raise ExplorerError(str(e)) from e
         if store is None:
             ref = Path(manifest["store"]["path"])
             store = (directory / ref) if not ref.is_absolute() else ref
@@ -256,8 +262,6 @@ class Explorer:
     def predictor(self) -> PropertyPredictor | None:
         """The property heads in ``<precomputed>/heads`` (loaded and SHA-256 checked on first use), or None."""
         if self._predictor is None and self._predictor_error is None:
-            from mlcm_core.explore.predict import HEADS_DIR, HeadsError, PropertyPredictor
-
             heads = self.directory.parent / HEADS_DIR
             if not (heads / "manifest.json").exists():
                 self._predictor_error = f"no property heads at {heads} (build them with `mlcm heads build`)"

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
     from mlcm_core.data.store import DatasetStore
 
-__all__ = ["HEADS_DIR", "HEAD_TARGETS", "HeadsError", "PropertyPredictor", "build_heads", "natural_units"]
+__all__ = ["HEADS_DIR", "HEAD_TARGETS", "HeadsError", "PropertyPredictor", "build_heads", "natural_units",
+           "verify_heads"]
 
 HEADS_DIR = "heads"
 HEAD_TARGETS: tuple[str, ...] = ("band_gap", "formation_energy_per_atom", "log10_k_vrh", "log10_g_vrh")
@@ -92,6 +93,29 @@ def calibration(y_true: np.ndarray, y_pred: np.ndarray, y_std: np.ndarray) -> di
             "gaussian_within_1sigma": 0.6827, "gaussian_within_2sigma": 0.9545}
 
 
+def verify_heads(directory: str | Path) -> dict[str, Any]:
+    """The heads manifest, after checking every file it lists against its SHA-256 (HeadsError names the file)."""
+    directory = Path(directory)
+    mpath = directory / "manifest.json"
+    if not mpath.exists():
+        raise HeadsError(f"no property heads at {directory} (build them with `mlcm heads build`)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HeadsError(f"{mpath} is unreadable: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise HeadsError(f"{mpath} is not a property-heads manifest")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise HeadsError(f"{mpath}: version {manifest.get('version')!r}, this code reads {MANIFEST_VERSION}")
+    for name, digest in manifest.get("files", {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise HeadsError(f"missing {path} listed in the heads manifest")
+        if sha256_file(path) != digest:
+            raise HeadsError(f"checksum mismatch for {path}: the file is corrupt or was modified")
+    return manifest
+
+
 class PropertyPredictor:
     """The shipped property heads; ``predict`` gives mean ± std per target for any structure."""
 
@@ -115,25 +139,8 @@ class PropertyPredictor:
         from mlcm_core.train.finetune import PropertyRegressor
 
         directory = Path(directory)
-        mpath = directory / "manifest.json"
-        if not mpath.exists():
-            raise HeadsError(f"no property heads at {directory} (build them with `mlcm heads build`)")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HeadsError(f"{mpath} is unreadable: {e}") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-            raise HeadsError(f"{mpath} is not a property-heads manifest")
-        if manifest.get("version") != MANIFEST_VERSION:
-            raise HeadsError(f"{mpath}: version {manifest.get('version')!r}, this code reads {MANIFEST_VERSION}")
+        manifest = verify_heads(directory) if verify else json.loads((directory / "manifest.json").read_text())
         files = manifest.get("files", {})
-        if verify:
-            for name, digest in files.items():
-                path = directory / name
-                if not path.is_file():
-                    raise HeadsError(f"missing {path} listed in the heads manifest")
-                if sha256_file(path) != digest:
-                    raise HeadsError(f"checksum mismatch for {path}: the file is corrupt or was modified")
         targets, members, graph_config = [], {}, None
         for spec in manifest["targets"]:
             t = _Target(spec["name"], spec["column"], spec["transform"], spec["unit"], spec.get("metrics", {}),
@@ -155,7 +162,7 @@ class PropertyPredictor:
                     raise HeadsError(f"{info.path}: graph featurization differs from the other heads")
                 models.append(model)
             if not models:
-                raise HeadsError(f"{mpath}: target {t.name} lists no members")
+                raise HeadsError(f"{directory / 'manifest.json'}: target {t.name} lists no members")
             targets.append(t)
             members[t.name] = models
         gallery = None

@@ -168,6 +168,30 @@ def test_corrupt_heads_are_refused(heads, tmp_path):
         PropertyPredictor.load(tmp_path / "nowhere")
 
 
+def test_corrupt_heads_stop_the_explorer_and_the_app(heads, tmp_path, monkeypatch, capsys):
+    """A corrupted file in precomputed/heads: Explorer.load and `mlcm app` refuse, naming the file."""
+    from mlcm_core.cli import check_precomputed, main
+    from mlcm_core.explore import Explorer, ExplorerError
+
+    store, pre = heads
+    copy = tmp_path / "precomputed"
+    shutil.copytree(pre, copy)
+    assert check_precomputed(store.root, copy / "explore") is None
+    victim = copy / "heads" / "predictions.npz"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ExplorerError, match=f"checksum mismatch for {victim}"):
+        Explorer.load(copy, store=store)
+    assert f"checksum mismatch for {victim}" in check_precomputed(store.root, copy / "explore")
+    monkeypatch.setenv("MLCM_DATASET", str(store.root))
+    monkeypatch.setenv("MLCM_EXPLORE", str(copy / "explore"))
+    started = []
+    monkeypatch.setattr("subprocess.call", lambda cmd: started.append(cmd) or 0)
+    assert main(["app"]) == 2 and not started
+    assert f"checksum mismatch for {victim}" in capsys.readouterr().err
+
+
 def test_calibration_counts_errors_within_sigma():
     from mlcm_core.explore.predict import calibration
 
