@@ -14,6 +14,7 @@ import panel as pn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `panel serve app/main.py` from a checkout
 
+from app.panes import LiveAlert, LiveStr
 from app.store import AppState, debug_json, log
 from app.views.candidates import CandidatesView
 from app.views.card import PropertyCard
@@ -68,9 +69,17 @@ class Dashboard:
                 f"charge density {mods['charge_density']:,} · all three {info['all_three']:,} · "
                 f"map: {len(self.state.frame):,} points, {len(self.state.clusters)} clusters")
 
-    def alert(self, message: str, level: str):
-        return pn.pane.Alert(message or "Ready.", alert_type=ALERT.get(level, "info") if message else "light",
-                             css_classes=["mlcm-message"], margin=(0, 10), sizing_mode="stretch_width")
+    def message_area(self) -> LiveAlert:
+        """The message area: one pane per session, updated in place (a new pane per message cost new models)."""
+        pane = LiveAlert(css_classes=["mlcm-message"], margin=(0, 10), sizing_mode="stretch_width")
+
+        def show(*_) -> None:
+            msg, lvl = self.state.message, self.state.message_level
+            pane.param.update(object=msg or "Ready.", alert_type=ALERT.get(lvl, "info") if msg else "light")
+
+        show()
+        self.state.param.watch(show, ["message", "message_level"])
+        return pane
 
     @staticmethod
     def defer(view, **kwargs):
@@ -93,11 +102,11 @@ class Dashboard:
         ]
         deps = [s.param.polygon, s.param.selected_ids, s.param.candidates, s.param.placed, s.param.focus_id]
         # what the browser tests read back (the polygon the app received, counts); invisible, not display:none
-        debug = pn.pane.Str(pn.bind(self.debug, *deps), css_classes=["mlcm-debug"], height=1, margin=0,
+        debug = LiveStr(pn.bind(self.debug, *deps), css_classes=["mlcm-debug"], height=1, margin=0,
                             styles={"overflow": "hidden", "opacity": "0", "font-size": "1px"})
         main = [
             pn.Column(pn.pane.Markdown(self.summary(), css_classes=["mlcm-summary"]),
-                      pn.bind(self.alert, s.param.message, s.param.message_level), debug,
+                      self.message_area(), debug,
                       sizing_mode="stretch_width"),
             pn.Row(self.map, pn.Column(later(self.target), later(self.selection), sizing_mode="stretch_width",
                                        min_width=380), sizing_mode="stretch_width"),

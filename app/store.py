@@ -12,6 +12,7 @@ crystal_toolkit at module level: the Explorer loads its model on the first query
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -21,6 +22,7 @@ import time
 import traceback
 import uuid
 import warnings
+from collections import OrderedDict
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,7 @@ def map_frame(explore_path: str, dataset_path: str) -> pd.DataFrame:
     f["coverage"] = pd.Categorical(cov)
     f["disagreement"] = hint.disagreement.to_numpy(np.float64)
     f["region_count"] = hint.region_count.to_numpy(np.float64)
+    f["prediction_spread"] = hint.prediction_spread.to_numpy(np.float64)
     for c in property_columns(t):
         f[c] = pd.to_numeric(t[c], errors="coerce").astype(np.float64)
     f["elements"] = [tuple(e) if e is not None and not isinstance(e, float) else () for e in t["elements"]]
@@ -135,6 +138,10 @@ def map_clusters(explore_path: str, dataset_path: str) -> pd.DataFrame:
 
 
 _WARM = {"started": False, "done": {}, "lock": threading.Lock()}
+QUERY_CACHE_SIZE = 64
+TOAST_LEVELS = ("warning", "error")  # AppState.notify
+_QUERY_CACHE: OrderedDict = OrderedDict()  # query key -> candidates (AppState.run_query)
+_QUERY_LOCK = threading.Lock()
 
 
 def warm_up(explore_path: str, dataset_path: str, background: bool = True) -> dict[str, float]:
@@ -319,8 +326,13 @@ class AppState(param.Parameterized):
 
     # ---- messages -----------------------------------------------------------------------------
     def notify(self, text: str, level: str = "info") -> None:
-        """A message in the page (the alert pane) and, when served, a toast."""
+        """A message in the page (the alert pane); warnings and errors also as a toast.
+
+        Routine confirmations (a selection, a search) stay in the alert pane only: each toast adds a model
+        to the session's notification list, and the lasso/search confirmations came every few seconds."""
         self.param.update(message=text, message_level=level)
+        if level not in TOAST_LEVELS:
+            return
         notes = getattr(pn.state, "notifications", None)
         if notes is not None:
             try:
@@ -365,14 +377,47 @@ class AppState(param.Parameterized):
         f = Filters.build(ranges, include_unknown=unknown, elements_include=inc, elements_exclude=exc, sources=sources)
         return None if f.is_empty else f
 
+    def _query_key(self, targets: dict[str, Any]) -> tuple | None:
+        """A cache key for a DOS / material-id query with the current settings (None: not cacheable)."""
+        parts = []
+        for name, value in sorted(targets.items()):
+            if name == "dos":
+                arrays = value if isinstance(value, tuple) else (value,)
+                digest = hashlib.sha1()
+                for a in arrays:
+                    digest.update(np.ascontiguousarray(a, np.float64).tobytes() + b"|")
+                parts.append((name, len(arrays), digest.hexdigest()))
+            elif name == "material_id":
+                parts.append((name, str(value)))
+            else:  # an uploaded structure (a temporary file): computed each time
+                return None
+        settings = (self.k, self.gallery, self.range_column, self.range_min, self.range_max, self.include_unknown,
+                    self.elements_include, self.elements_exclude, tuple(self.sources))
+        return (str(self.explore_path), tuple(parts), settings)
+
     def run_query(self, origin: str, **targets: Any) -> pd.DataFrame:
-        """Explorer.query with the current filters, k and gallery; the result becomes the candidates."""
+        """Explorer.query with the current filters, k and gallery; the result becomes the candidates.
+
+        Results are kept process-wide (LRU of QUERY_CACHE_SIZE) by target and settings: the same material's
+        DOS searched again, or by another session, costs no model embedding."""
         t = time.perf_counter()
-        self.busy = True
-        try:
-            res = self.explorer.query(**targets, filters=self.filters(), k=self.k, gallery=self.gallery)
-        finally:
-            self.busy = False
+        key = self._query_key(targets)
+        with _QUERY_LOCK:
+            res = _QUERY_CACHE.get(key) if key is not None else None
+            if res is not None:
+                _QUERY_CACHE.move_to_end(key)
+        if res is None:
+            self.busy = True
+            try:
+                res = self.explorer.query(**targets, filters=self.filters(), k=self.k, gallery=self.gallery)
+            finally:
+                self.busy = False
+            if key is not None:
+                with _QUERY_LOCK:
+                    _QUERY_CACHE[key] = res
+                    while len(_QUERY_CACHE) > QUERY_CACHE_SIZE:
+                        _QUERY_CACHE.popitem(last=False)
+        res = res.copy()  # sessions never share a mutable frame
         self.param.update(candidates=res, candidates_origin=origin)
         self.notify(f"{len(res)} candidates for {origin} ({time.perf_counter() - t:.2f} s)", "success")
         return res

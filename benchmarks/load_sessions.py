@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import html
 import importlib
 import json
 import os
@@ -54,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+TIMED_OUT = object()
+QUIET_S = 0.3  # after the awaited change: no further patch for this long ends an interaction (Session._exchange)
 sys.path.insert(0, str(ROOT))
 
 
@@ -170,6 +173,9 @@ class Session:
 
     def __init__(self, url: str, rng: random.Random, timeout: float) -> None:
         self.url, self.rng, self.timeout = url, rng, timeout
+        self.last_patch = 0.0  # when the last document patch of the current request arrived
+        self.spent = 0.0  # sum over requests of (last patch - sent): an interaction's latency
+        self._reading = None  # a websocket read still pending from the previous request
         self.session = None
         self.pending: list = []
         self.alerts_seen: set[str] = set()
@@ -200,7 +206,8 @@ class Session:
         conn._send_patch_document = lambda _sid, event: self.pending.append(event)  # we send (and time) them
         times["ws_pull"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        self.event(DocumentReady())
+        # Panel renders the deferred views after DocumentReady; the page is ready when they have arrived
+        self.event(DocumentReady(), until=lambda _ids: self._deferred_rendered())
         times["document_ready"] = time.perf_counter() - t2
         times["total"] = time.perf_counter() - t0
         return times
@@ -210,40 +217,122 @@ class Session:
             with contextlib.suppress(Exception):
                 self.session.close()
 
-    def _exchange(self, events: list) -> str:
-        """Send one PATCH-DOC with ``events``; apply the server's patches until its reply; return its type."""
+    def _exchange(self, events: list, until=None) -> str:
+        """Send one PATCH-DOC with ``events`` and apply the server's patches until its work is done.
+
+        The server answers OK as soon as it has *queued* the change: Panel runs the callbacks afterwards (a
+        50 ms debounced timeout, or a thread pool). So after the OK this waits until ``until(ids)`` is true
+        (``ids``: the models changed so far, e.g. the map image for a recolouring), then until no patch has come
+        for QUIET_S, and returns when the last patch arrived. Without ``until`` (nothing visible changes, e.g.
+        k), it waits for the OK and the quiet window. Returns the reply type (OK, ERROR, DISCONNECTED,
+        TIMEOUT: ``until`` never became true)."""
+        import asyncio
+
         conn = self.session._connection
         msg = conn._protocol.create("PATCH-DOC", events)
+        changed: set[str] = set()
+        sent = time.perf_counter()
+        self.last_patch = sent
+
+        def apply(reply) -> None:
+            self.session._handle_patch(reply)
+            for e in reply.content.get("events", []):
+                model = e.get("model")
+                if isinstance(model, dict) and "id" in model:
+                    changed.add(model["id"])
+            self.last_patch = time.perf_counter()
+
+        async def next_message(timeout: float | None):
+            """The next message, or TIMED_OUT. The read is never cancelled: a websocket read cancelled midway
+            loses a fragment of a multi-part message (the client then fails to parse everything after it), so
+            a read still pending at a timeout is kept for the next call."""
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(conn._pop_message())
+            done, _ = await asyncio.wait({self._reading}, timeout=timeout)
+            if not done:
+                return TIMED_OUT
+            reply, self._reading = self._reading.result(), None
+            return reply
 
         async def run() -> str:
             await conn.send_message(msg)
-            while True:
-                reply = await conn._pop_message()
+            outcome = None
+            while outcome is None:
+                reply = await next_message(None)
                 if reply is None:
                     return "DISCONNECTED"
                 if reply.msgtype == "PATCH-DOC":
-                    self.session._handle_patch(reply)
+                    apply(reply)
                 elif reply.header.get("reqid") == msg.header["msgid"]:
-                    return reply.msgtype
+                    outcome = reply.msgtype
+            self.last_patch = max(self.last_patch, time.perf_counter())
+            if outcome != "OK":
+                return outcome
+            deadline = time.monotonic() + self.timeout
+            while until is not None and not until(changed):
+                reply = await next_message(max(0.1, deadline - time.monotonic()))
+                if reply is TIMED_OUT:
+                    return "TIMEOUT"
+                if reply is None:
+                    return "DISCONNECTED"
+                if reply.msgtype == "PATCH-DOC":
+                    apply(reply)
+            while True:  # the rest of the same callback's changes
+                reply = await next_message(QUIET_S)
+                if reply is TIMED_OUT:
+                    return "OK"
+                if reply is None:
+                    return "DISCONNECTED"
+                if reply.msgtype == "PATCH-DOC":
+                    apply(reply)
 
-        return conn._loop.run_sync(run, timeout=self.timeout)
+        try:
+            return conn._loop.run_sync(run, timeout=self.timeout + 30)
+        finally:
+            self.spent += self.last_patch - sent
+
+    def _deferred_rendered(self) -> bool:
+        return self.find(("DataTabulator",), css_classes="materials") is not None
+
+    def _css_model(self, css: str):
+        for m in self.session.document.models:
+            if any(css in c for c in (getattr(m, "css_classes", None) or [])):
+                return m
+        return None
+
+    def debug_state(self) -> dict:
+        """The app's debug line (JSON in a <pre>: polygon, selection size, focus, candidates)."""
+        text = html.unescape(re.sub(r"<[^>]+>", "", html.unescape(self._text_of("mlcm-debug"))))
+        try:
+            return json.loads(text or "{}")
+        except ValueError:
+            return {}
+
+    def _text_of(self, css: str) -> str:
+        m = self._css_model(css)
+        return "" if m is None else str(getattr(m, "text", ""))
 
     def _check(self, kind: str, outcome: str) -> None:
         if outcome != "OK":
             raise SessionError(f"{kind}: server replied {outcome}")
 
-    def change(self, kind: str, model, **props) -> None:
+    def change(self, kind: str, model, until=None, **props) -> None:
         self.pending.clear()
         for k, v in props.items():
             setattr(model, k, v)
         events, self.pending[:] = list(self.pending), []
         if events:
-            self._check(kind, self._exchange(events))
+            self._check(kind, self._exchange(events, until))
 
-    def event(self, bokeh_event, kind: str = "event") -> None:
+    def event(self, bokeh_event, kind: str = "event", until=None) -> None:
         from bokeh.document.events import MessageSentEvent
 
-        self._check(kind, self._exchange([MessageSentEvent(self.session.document, "bokeh_event", bokeh_event)]))
+        self._check(kind, self._exchange([MessageSentEvent(self.session.document, "bokeh_event", bokeh_event)], until))
+
+    def _changes(self, model) -> Any:
+        """An ``until`` for _exchange: true once ``model`` (or, for a figure, its image source) has changed."""
+        ids = {model.id} if model is not None else set()
+        return (lambda changed: bool(ids & changed)) if ids else None
 
     def new_alerts(self) -> list[str]:
         """Danger alerts the app shows that this session has not seen yet (its error messages)."""
@@ -265,27 +354,35 @@ class Session:
         return None
 
     def interactions(self) -> dict[str, Any]:
-        """{name: callable} for what this dashboard exposes."""
+        """{name: callable} for what this dashboard exposes.
+
+        Each waits for the change the user would see: the map image (colour, zoom), the app's debug line
+        (lasso, cluster, focus: it echoes the polygon, selection and focus), the target status (a material's DOS
+        as target); set k and a repeated search change nothing visible and end with the server's quiet window."""
         found: dict[str, Any] = {}
+        debug = self._css_model("mlcm-debug")
+        status = self._css_model("mlcm-target-status")
+        fig = self.find(("figure", "Plot"), title="map")
+        image = self._image_source(fig)
+        on_debug, on_image, on_status = self._changes(debug), self._changes(image), self._changes(status)
         colour = self.find(("Select", "CustomSelect"), title="colou?r")
         if colour is not None and len(colour.options) > 1:
-            found["map_colour_by"] = lambda: self.change("map_colour_by", colour, value=self._option(colour))
+            found["map_colour_by"] = lambda: self.change("map_colour_by", colour, on_image, value=self._option(colour))
         cluster = self.find(("Select", "CustomSelect", "SingleSelect"), title="cluster")
         if cluster is not None and len(cluster.options) > 1:
-            found["map_cluster"] = lambda: self.change("map_cluster", cluster, value=self._option(cluster))
-        fig = self.find(("figure", "Plot"), title="map")
+            found["map_cluster"] = lambda: self.change("map_cluster", cluster, on_debug, value=self._option(cluster))
         if fig is not None and hasattr(fig.x_range, "start"):
             x0, x1, y0, y1 = fig.x_range.start, fig.x_range.end, fig.y_range.start, fig.y_range.end
-            found["map_zoom"] = lambda: self._zoom(fig, x0, x1, y0, y1)
+            found["map_zoom"] = lambda: self._zoom(fig, x0, x1, y0, y1, on_image)
             if any(type(t).__name__ == "LassoSelectTool" for t in fig.toolbar.tools):
-                found["map_lasso"] = lambda: self._lasso(fig, x0, x1, y0, y1)
+                found["map_lasso"] = lambda: self._lasso(fig, x0, x1, y0, y1, on_debug)
         table = self.find(("DataTabulator",), css_classes="materials") or self.find(("DataTabulator",))
         if table is not None:
-            found["focus_material"] = lambda: self._focus(table)
+            found["focus_material"] = lambda: self._focus(table, on_debug)
             use = self.find(("Button",), label="use this material")
             search = self.find(("Button",), label="search")
             if use is not None and search is not None:
-                found["dos_search"] = lambda: self._dos_search(table, use, search)
+                found["dos_search"] = lambda: self._dos_search(table, use, search, on_debug, on_status)
         k = self.find(("Slider", "IntSlider", "Spinner"), title=r"\bk\b")
         if k is not None:
             found["set_k"] = lambda: self.change("set_k", k, value=self.rng.choice([v for v in (10, 25, 50) if v != k.value]))
@@ -299,9 +396,19 @@ class Session:
                         "param_change_slider", m, value=self.rng.uniform(m.start, m.end)))
         return found
 
+    @staticmethod
+    def _image_source(fig):
+        """The data source of the map's image (ImageRGBA) renderer, or None."""
+        for r in getattr(fig, "renderers", []) if fig is not None else []:
+            if type(getattr(r, "glyph", None)).__name__ == "ImageRGBA":
+                return r.data_source
+        return None
+
     def _option(self, select) -> str:
+        """Another option than the current one; never the empty choice (e.g. "no cluster": nothing happens)."""
         opts = [o[0] if isinstance(o, (list, tuple)) else o for o in select.options]
-        return self.rng.choice([o for o in opts if o != select.value] or opts)
+        real = [o for o in opts if str(o).strip() not in ("", "None")]
+        return self.rng.choice([o for o in real if o != select.value] or real or opts)
 
     def _window(self, x0, x1, y0, y1) -> tuple[float, float, float, float]:
         f = self.rng.uniform(0.15, 0.6)
@@ -309,42 +416,59 @@ class Session:
         cx, cy = self.rng.uniform(x0 + w / 2, x1 - w / 2), self.rng.uniform(y0 + h / 2, y1 - h / 2)
         return cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2
 
-    def _zoom(self, fig, x0, x1, y0, y1) -> None:
-        a, b, c, d = self._window(x0, x1, y0, y1)
-        self.change("map_zoom", fig.x_range, start=a, end=b)
-        self.pending.clear()
-        fig.y_range.start, fig.y_range.end = c, d
-        events, self.pending[:] = list(self.pending), []
-        self._check("map_zoom", self._exchange(events))
+    def _zoom(self, fig, x0, x1, y0, y1, until=None) -> None:
+        """What BokehJS sends at the end of a zoom/pan: the new ranges, then a RangesUpdate event (which
+        HoloViews' RangeXY stream listens to: the map is re-aggregated for the new viewport)."""
+        from bokeh.document.events import MessageSentEvent
+        from bokeh.events import RangesUpdate
 
-    def _lasso(self, fig, x0, x1, y0, y1) -> None:
+        a, b, c, d = self._window(x0, x1, y0, y1)
+        self.pending.clear()
+        fig.x_range.start, fig.x_range.end, fig.y_range.start, fig.y_range.end = a, b, c, d
+        events, self.pending[:] = list(self.pending), []
+        event = RangesUpdate(fig, x0=a, x1=b, y0=c, y1=d)
+        event.event_values = lambda: {"model": fig, "x0": a, "x1": b, "y0": c, "y1": d}
+        events.append(MessageSentEvent(self.session.document, "bokeh_event", event))
+        self._check("map_zoom", self._exchange(events, until))
+
+    def _lasso(self, fig, x0, x1, y0, y1, until=None) -> None:
+        import math
+
         from bokeh.events import SelectionGeometry
 
         a, b, c, d = self._window(x0, x1, y0, y1)
         n = self.rng.randint(5, 12)
         ang = sorted(self.rng.uniform(0, 6.283) for _ in range(n))
-        import math
-
         xs = [(a + b) / 2 + (b - a) / 2 * math.cos(t) for t in ang]
         ys = [(c + d) / 2 + (d - c) / 2 * math.sin(t) for t in ang]
         event = SelectionGeometry(fig, geometry={"type": "poly", "sx": xs, "sy": ys, "x": xs, "y": ys}, final=True)
         # Bokeh's Python events serialise only their model; send geometry and final as BokehJS does
         event.event_values = lambda: {"model": fig, "geometry": event.geometry, "final": event.final}
-        self.event(event, "map_lasso")
+        self.event(event, "map_lasso", until)
 
-    def _focus(self, table, need: str | None = None) -> None:
-        """Click a random row of the table's current page (with ``need`` true, e.g. has_dos, when it can)."""
+    def _focus(self, table, until=None, need: str | None = None) -> bool:
+        """Click a random row of the table's current page (with ``need`` true, e.g. has_dos, when it can) whose
+        material is not the focused one already (so the views change). Returns whether the row has ``need``."""
+        focus = self.debug_state().get("focus", "")
         data = table.source.data
-        n = len(next(iter(data.values()), []))
-        rows = [i for i in range(n) if need is None or bool(data.get(need, [True] * n)[i])] or list(range(n))
-        if rows:  # what clicking a row does: the source's selected indices (Panel maps them to the row)
-            self.change("focus_material", table.source.selected, indices=[self.rng.choice(rows)])
+        ids = [str(i) for i in data.get("id", [])]
+        n = len(ids)
+        has = [need is None or bool(data.get(need, [True] * n)[i]) for i in range(n)]
+        rows = [i for i in range(n) if ids[i] != focus and has[i]] or [i for i in range(n) if ids[i] != focus]
+        if not rows:
+            return False
+        row = self.rng.choice(rows)
+        # what clicking a row does: the source's selected indices (Panel maps them to the row)
+        self.change("focus_material", table.source.selected, until, indices=[row])
+        return has[row]
 
-    def _dos_search(self, table, use, search) -> None:
+    def _dos_search(self, table, use, search, on_debug=None, on_status=None) -> None:
+        """Focus a material with a DOS, "Use this material's DOS" (the target changes and a search runs),
+        then "Search with target" (the same search again: a user pressing the button)."""
         from bokeh.events import ButtonClick
 
-        self._focus(table, need="has_dos")
-        self.event(ButtonClick(use), "dos_search")
+        with_dos = self._focus(table, on_debug, need="has_dos")
+        self.event(ButtonClick(use), "dos_search", on_status if with_dos else None)  # else: the app's message
         self.event(ButtonClick(search), "dos_search")
 
 
@@ -403,11 +527,11 @@ def run(url: str, n_sessions: int, duration: float, think: float, timeout: float
                     opened[0] += 1
             go.wait()
             while actions:
-                time.sleep(rng.uniform(0.5, 1.5) * think)
+                time.sleep(max(0.0, rng.uniform(0.5, 1.5) * think - QUIET_S))  # think time from the last update
                 if time.monotonic() >= stop_at[0]:
                     break
                 name = rng.choice(sorted(actions))
-                t0 = time.perf_counter()
+                s.spent = 0.0
                 try:
                     actions[name]()
                 except SessionError as e:
@@ -416,7 +540,7 @@ def run(url: str, n_sessions: int, duration: float, think: float, timeout: float
                     if not s.session.connected:
                         break
                     continue
-                dt = time.perf_counter() - t0
+                dt = s.spent  # to the last update the user sees, without the quiet windows between steps
                 new = s.new_alerts()
                 with lock:
                     latencies[name].append(dt)

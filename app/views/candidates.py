@@ -10,6 +10,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from app.panes import LiveMarkdown
 from app.store import AppState, UserError
 
 SHOWN = ["rank", "id", "formula", "score", "sim_dos", "sim_structure", "sim_material", "source", "spacegroup_symbol",
@@ -26,7 +27,7 @@ class CandidatesView(pn.viewable.Viewer):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self._title = pn.pane.Markdown(self._title_text(), css_classes=["mlcm-candidates-title"])
+        self._title = LiveMarkdown(self._title_text(), css_classes=["mlcm-candidates-title"])
         self._table = pn.widgets.Tabulator(self.shown(self.state.candidates), pagination="local", page_size=15,
                                            selectable=1, show_index=False, disabled=True, sizing_mode="stretch_width",
                                            css_classes=["mlcm-candidates"], layout="fit_data_stretch")
@@ -39,11 +40,13 @@ class CandidatesView(pn.viewable.Viewer):
             for fmt, suffix in FORMATS.items()]
 
     def shown(self, df: pd.DataFrame | None) -> pd.DataFrame:
+        """The columns shown: always the same ones (identity, scores, every label column of the store), so
+        the table's column models are built once per session, not again on every search."""
+        cols = [c for c in SHOWN if df is None or c in df.columns]
+        labels = [c for c in self.state.param.range_column.objects if c.endswith(("_pbe", "_gllbsc", "_rpbe"))]
         if df is None or df.empty:
             return pd.DataFrame({c: [] for c in ["rank", "id", "formula", "score"]})
-        labels = [c for c in df.columns if c.endswith(("_pbe", "_gllbsc", "_rpbe")) and df[c].notna().any()]
-        cols = [c for c in SHOWN if c in df.columns] + labels
-        return df[cols].round(4)
+        return df.reindex(columns=cols + labels).round(4)
 
     def _title_text(self) -> str:
         c = self.state.candidates

@@ -16,6 +16,7 @@ import panel as pn
 import param
 
 from app import crystal3d
+from app.panes import LiveHTML, LiveMarkdown
 from app.store import AppState, guarded
 from mlcm_core.data.conventions import DENSITY_GRID
 
@@ -44,8 +45,8 @@ class DensityView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         self.figure: dict | None = None  # the last plotly figure dict drawn
-        self._pane = pn.pane.HTML("", height=430, sizing_mode="stretch_width", css_classes=["mlcm-density"])
-        self._note = pn.pane.Markdown("**Charge density**: click a material with a charge density "
+        self._pane = LiveHTML("", height=430, sizing_mode="stretch_width", css_classes=["mlcm-density"])
+        self._note = LiveMarkdown("**Charge density**: click a material with a charge density "
                                       f"({int(self.state.table['has_charge_density'].sum())} have one).",
                                       css_classes=["mlcm-density-note"])
         self._slider = pn.widgets.FloatSlider.from_param(self.param.iso_fraction, label="isovalue (fraction of range)")

@@ -1,47 +1,125 @@
-"""Overlaid DOS curves of the focused material and the selection, on the project's one energy grid."""
+"""Overlaid DOS curves of the focused material and the selection, on the project's one energy grid.
+
+Why a fixed set of curve slots in one DynamicMap: the plot is built once per session and every selection or
+focus change only replaces the slots' data (ColumnDataSource updates). Rebuilding an overlay of new Bokeh
+plots per change created dozens of document models each time, the dominant cost of an interaction under load.
+The legend (id, formula, energy reference) is an HTML line under the plot, for the same reason.
+"""
 
 from __future__ import annotations
 
+import html
+from functools import partial
+
 import holoviews as hv
-import holoviews.plotting.bokeh
+import holoviews.plotting.bokeh  # registers the bokeh backend
+import numpy as np
+import pandas as pd
 import panel as pn
 import param
+from holoviews.core.spaces import Callable
 
-from app.store import AppState
+from app.panes import LiveHTML, on_document, plot_handles, push_layers
+from app.store import AppState, ids_having
 from app.views.card import LabelCard  # noqa: F401  (kept importable from here)
 from mlcm_core.data.conventions import DOS_ENERGIES
 
 MAX_CURVES = 8
+COLORS = ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+X_LABEL, Y_LABEL = "E - E_ref (eV)", "DOS (states/eV/cell)"
 
 
 class DOSView(pn.viewable.Viewer):
-    """Up to MAX_CURVES DOS: the focused material first, then selected materials that have a DOS."""
+    """Up to MAX_CURVES DOS: the focused material first, then selected materials that have a DOS; the first is
+    drawn black and thick."""
 
     state = param.ClassSelector(class_=AppState)
 
-    def curve_ids(self, ids: list[str], focus: str = "") -> list[str]:
-        t = self.state.indexed
-        order = ([focus] if focus else []) + [i for i in ids if i != focus]
-        return [i for i in order if i in t.index and bool(t.at[i, "has_dos"])][:MAX_CURVES]
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._note = LiveHTML(self.legend_html(self.curve_ids(self.state.selected_ids, self.state.focus_id),
+                                                   self.state.focus_id),
+                                  css_classes=["mlcm-dos"], sizing_mode="stretch_width", margin=(0, 10))
+        self._plot_pane: pn.pane.HoloViews | None = None  # built on first display
+        self.state.param.watch(self._on_change, ["selected_ids", "focus_id"])
 
-    def _plot(self, ids: list[str], focus: str = ""):
+    def curve_ids(self, ids: list[str], focus: str = "") -> list[str]:
+        has = ids_having(self.state.dataset_path, "has_dos")
+        head = [focus] if focus else []
+        out: list[str] = []
+        for i in (*head, *ids):  # stops after MAX_CURVES with a DOS (a selection can hold thousands)
+            if i not in out and i in has:
+                out.append(i)
+                if len(out) == MAX_CURVES:
+                    break
+        return out
+
+    def curves(self, ids: list[str], focus: str = "") -> list[dict]:
+        """The curves drawn, in slot order: id, label, DOS values, colour, whether it is the focus."""
         with_dos = self.curve_ids(ids, focus)
         if not with_dos:
-            return pn.pane.Markdown("**DOS**: select materials with a DOS on the map or in the table (only "
-                                    f"{int(self.state.table['has_dos'].sum()):,} materials have one).",
-                                    css_classes=["mlcm-dos"])
+            return []
         t = self.state.indexed
-        curves = self.state.dataset.dos(with_dos)
-        overlay = hv.Overlay([
-            hv.Curve((DOS_ENERGIES, c), "E - E_ref (eV)", "DOS (states/eV/cell)",
-                     label=f"{i} {t.at[i, 'formula'] or ''} [{t.at[i, 'dos_reference']}]").opts(
-                         line_width=3 if i == focus else 1.5)
-            for i, c in zip(with_dos, curves)
-        ])
-        return pn.pane.HoloViews(overlay.opts(width=620, height=320, legend_position="top_right",
-                                              title="DOS of focus + selection (zero at the VBM when gapped, else E_F)",
-                                              fontsize={"legend": 8}),
-                                 css_classes=["mlcm-dos"], width=620, height=320)
+        data = self.state.dataset.dos(with_dos)
+        return [{"id": i, "label": f"{i} {t.at[i, 'formula'] or ''} [{t.at[i, 'dos_reference']}]", "dos": c,
+                 "color": COLORS[k], "focus": i == focus} for k, (i, c) in enumerate(zip(with_dos, data))]
+
+    def legend_html(self, with_dos: list[str], focus: str = "") -> str:
+        """Colour, id, formula and energy reference of each curve (the first one, black and thick, is the focus)."""
+        if not with_dos:
+            return ("<b>DOS</b>: select materials with a DOS on the map or in the table (only "
+                    f"{int(self.state.table['has_dos'].sum()):,} materials have one).")
+        t = self.state.indexed
+        items = []
+        for k, i in enumerate(with_dos):
+            label = html.escape(f"{i} {t.at[i, 'formula'] or ''} [{t.at[i, 'dos_reference']}]"
+                                + (" (focus)" if i == focus else ""))
+            items.append(f"<span style='white-space:nowrap;margin-right:10px'><span style='display:inline-block;"
+                         f"width:14px;height:{3 if k == 0 else 2}px;background:{COLORS[k]};vertical-align:middle;"
+                         f"margin-right:3px'></span>{label}</span>")
+        return f"<div style='font-size:11px'>{''.join(items)}</div>"
+
+    def _slot_elements(self, curves: list[dict]) -> dict[str, hv.Curve]:
+        """MAX_CURVES curve layers labelled slot0..slot7 (an overlay keeps its layers); unused slots are empty."""
+        out = {}
+        for k in range(MAX_CURVES):
+            if k < len(curves):
+                c = curves[k]
+                data = pd.DataFrame({"E": DOS_ENERGIES, "DOS": np.asarray(c["dos"], np.float64), "id": c["id"]})
+            else:
+                data = pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float), "id": np.array([], str)})
+            out[f"slot{k}"] = hv.Curve(data, hv.Dimension("E", label=X_LABEL),
+                                       [hv.Dimension("DOS", label=Y_LABEL), "id"], label=f"slot{k}")
+        return out
+
+    def _overlay(self) -> hv.Overlay:
+        """The current curves (the DynamicMap's callback: HoloViews calls it when it renders the plot)."""
+        elements = self._slot_elements(self.curves(self.state.selected_ids, self.state.focus_id))
+        return hv.Overlay([e.opts(color=COLORS[k], line_width=3 if k == 0 else 1.5, tools=["hover"])
+                           for k, e in enumerate(elements.values())])
+
+    def _build(self) -> pn.pane.HoloViews:
+        dmap = hv.DynamicMap(Callable(self._overlay, memoize=False))
+        overlay = dmap.opts(width=620, height=320, show_legend=False, ylim=(0, None),
+                            xlim=(float(DOS_ENERGIES[0]), float(DOS_ENERGIES[-1])),
+                            title="DOS of focus + selection (zero at the VBM when gapped, else E_F)")
+        return pn.pane.HoloViews(overlay, css_classes=["mlcm-dos-plot"], width=620, height=320, linked_axes=False)
+
+    def _on_change(self, *_) -> None:
+        """New legend text; new curve data (and y range) pushed into the rendered plot."""
+        ids, focus = self.state.selected_ids, self.state.focus_id
+        self._note.object = self.legend_html(self.curve_ids(ids, focus), focus)
+        if self._plot_pane is None or not self._plot_pane._plots:
+            return
+        curves = self.curves(ids, focus)
+        push_layers(self._plot_pane, self._slot_elements(curves))
+        top = max((float(np.max(c["dos"])) for c in curves), default=1.0)
+        for handles in plot_handles(self._plot_pane):
+            y_range = handles.get("y_range")
+            if y_range is not None:
+                on_document(y_range.document, partial(y_range.update, start=0.0, end=1.05 * top if top > 0 else 1.0))
 
     def __panel__(self):
-        return pn.panel(pn.bind(self._plot, self.state.param.selected_ids, self.state.param.focus_id))
+        if self._plot_pane is None:
+            self._plot_pane = self._build()
+        return pn.Column(self._plot_pane, self._note)

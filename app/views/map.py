@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from holoviews.core.spaces import Callable
 from holoviews.operation import decimate
 from holoviews.operation.datashader import dynspread, rasterize, shade
 
+from app.panes import LiveHTML, push_layers
 from app.store import AppState, guarded
 
 WIDTH, HEIGHT = 640, 560
@@ -36,7 +38,9 @@ GREY = ["#dedede", "#b4b4b4"]
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#7f7f7f", "#393b79", "#e7ba52"]
 COLOR_MODES = ["crystal system", "source", "modality coverage", "property", "element present",
-               "uncertainty: modality disagreement", "uncertainty: sparse region"]
+               "uncertainty: prediction spread", "uncertainty: modality disagreement", "uncertainty: sparse region"]
+NUMERIC_MODES = {"uncertainty: prediction spread": "prediction_spread",
+                 "uncertainty: modality disagreement": "disagreement", "uncertainty: sparse region": "region_count"}
 CATEGORICAL = {"crystal system": "crystal_system", "source": "source", "modality coverage": "coverage"}
 NUMERIC_CMAP = "viridis"
 
@@ -102,7 +106,7 @@ class MapView(pn.viewable.Viewer):
         self._element_cache: dict[str, np.ndarray] = {}
         self.param.watch(self._on_cluster, "cluster")
         self._plot = self._build()
-        self._legend = pn.pane.HTML(self._legend_html, sizing_mode="stretch_width", margin=(0, 10))
+        self._legend = LiveHTML(self._legend_html, sizing_mode="stretch_width", margin=(0, 10))
 
     # ---- data for the layers ----------------------------------------------------------------------
     def _has_element(self, symbol: str) -> np.ndarray:
@@ -123,8 +127,7 @@ class MapView(pn.viewable.Viewer):
         if color_by == "element present":
             mask &= self._has_element(element or "O")
             return f.loc[mask, ["x", "y"]], None, "flat"
-        col = {"property": prop, "uncertainty: modality disagreement": "disagreement",
-               "uncertainty: sparse region": "region_count"}[color_by]
+        col = prop if color_by == "property" else NUMERIC_MODES[color_by]
         if col is None or col not in f:
             return f.loc[mask, ["x", "y"]].iloc[:0], None, "flat"
         mask &= np.isfinite(f[col].to_numpy())
@@ -191,14 +194,14 @@ class MapView(pn.viewable.Viewer):
     def _cluster_labels(self, show_clusters=True):
         c = self.state.clusters
         if not show_clusters or c.empty:
-            return hv.Labels(pd.DataFrame({"x": [], "y": [], "label": []}), ["x", "y"], "label")
-        return hv.Labels(c[["x", "y", "label"]], ["x", "y"], "label")
+            return hv.Labels(pd.DataFrame({"x": [], "y": [], "label": []}), ["x", "y"], "label", label="labels")
+        return hv.Labels(c[["x", "y", "label"]], ["x", "y"], "label", label="labels")
 
     def _candidates(self, candidates=None):
         cols = ["x", "y", "rank", "id", "formula", "score"]
         if candidates is None or len(candidates) == 0:
-            return hv.Points(pd.DataFrame({c: [] for c in cols}), ["x", "y"], cols[2:])
-        return hv.Points(candidates[cols], ["x", "y"], cols[2:])
+            return hv.Points(pd.DataFrame({c: [] for c in cols}), ["x", "y"], cols[2:], label="candidates")
+        return hv.Points(candidates[cols], ["x", "y"], cols[2:], label="candidates")
 
     def _marks(self, placed=None, focus_id=""):
         rows = []
@@ -211,23 +214,28 @@ class MapView(pn.viewable.Viewer):
                 r = f.loc[hit[0]]
                 rows.append({"x": r["x"], "y": r["y"], "what": f"focus: {focus_id} {r['formula']}"})
         df = pd.DataFrame(rows, columns=["x", "y", "what"])
-        return hv.Points(df, ["x", "y"], ["what"])
+        return hv.Points(df, ["x", "y"], ["what"], label="marks")
+
+    def _layer(self, fn, streams: list | None = None) -> hv.DynamicMap:
+        """A layer whose callback reads the current state each time it is called (no memoised stale frame).
+
+        HoloViews re-renders every layer of the overlay on zoom/pan; these layers must then show the current
+        colouring/selection/candidates, which ``_push`` has already put into the plot directly."""
+        return hv.DynamicMap(Callable(fn, memoize=False), streams=streams or [])
 
     def _build(self):
         s = self.state
         self._range = hv.streams.RangeXY()
         self._size = hv.streams.PlotSize()
-        look = hv.streams.Params(self, ["color_by", "prop", "element"])
-        sel = hv.streams.Params(s, ["selected_ids"])
-        shaded = hv.DynamicMap(self._shade, streams=[self._range, self._size, look, sel])
+        shaded = self._layer(self._shade_view, [self._range, self._size])
         hover = decimate(hv.DynamicMap(self._hover_points), max_samples=3000, dynamic=True).opts(
             tools=["hover", "lasso_select", "box_select", "tap"], size=6, alpha=0.0, nonselection_alpha=0.0,
             selection_alpha=0.0, hover_alpha=0.8, hover_line_color="black", hover_fill_alpha=0.0)
-        labels = hv.DynamicMap(self._cluster_labels, streams=[hv.streams.Params(self, ["show_clusters"])]).opts(
+        labels = self._layer(lambda: self._cluster_labels(self.show_clusters)).opts(
             text_font_size="9pt", text_color="#222222", text_font_style="bold")
-        cands = hv.DynamicMap(self._candidates, streams=[hv.streams.Params(s, ["candidates"])]).opts(
+        cands = self._layer(lambda: self._candidates(s.candidates)).opts(
             size=9, fill_alpha=0.0, line_color="#d62728", line_width=2, tools=["hover"])
-        marks = hv.DynamicMap(self._marks, streams=[hv.streams.Params(s, ["placed", "focus_id"])]).opts(
+        marks = self._layer(lambda: self._marks(s.placed, s.focus_id)).opts(
             marker="star", size=18, color="#ff00aa", line_color="black", tools=["hover"])
         overlay = (shaded * hover * cands * marks * labels).opts(
             width=WIDTH, height=HEIGHT, xlabel="UMAP 1", ylabel="UMAP 2", show_legend=False,
@@ -240,7 +248,33 @@ class MapView(pn.viewable.Viewer):
         self._lasso.add_subscriber(self._on_lasso)
         self._bounds.add_subscriber(self._on_bounds)
         self._tap.add_subscriber(self._on_tap)
+        # a change re-sends only the layer it affects (see _push), not the whole overlay
+        self.param.watch(lambda *_: self._push("shaded"), ["color_by", "prop", "element"])
+        s.param.watch(lambda *_: self._push("shaded"), "selected_ids")
+        s.param.watch(lambda *_: self._push("candidates"), "candidates")
+        s.param.watch(lambda *_: self._push("marks"), ["placed", "focus_id"])
+        self.param.watch(lambda *_: self._push("labels"), "show_clusters")
         return pn.pane.HoloViews(overlay, css_classes=["mlcm-map"], width=WIDTH, height=HEIGHT, linked_axes=False)
+
+    def _shade_view(self, x_range=None, y_range=None, width=None, height=None, **_):
+        """The image for the current viewport, colouring and selection (the shaded layer's callback)."""
+        return self._shade(x_range, y_range, width, height, color_by=self.color_by, prop=self.prop,
+                           element=self.element, selected_ids=tuple(self.state.selected_ids)).relabel("shaded")
+
+    def _element(self, layer: str):
+        s = self.state
+        if layer == "shaded":
+            return self._shade_view(self._range.x_range, self._range.y_range, self._size.width, self._size.height)
+        if layer == "candidates":
+            return self._candidates(s.candidates)
+        if layer == "marks":
+            return self._marks(s.placed, s.focus_id)
+        return self._cluster_labels(self.show_clusters)
+
+    def _push(self, layer: str) -> None:
+        """Send only ``layer``'s new data to the rendered plot (app.panes.push_layers says why)."""
+        if self._plot._plots:
+            push_layers(self._plot, {layer: self._element(layer)})
 
     # ---- interaction ------------------------------------------------------------------------------
     @guarded("lasso selection")
@@ -296,13 +330,14 @@ class MapView(pn.viewable.Viewer):
             n = int(self._has_element(self.element or "O").sum())
             return (f"<div style='font-size:12px'><span style='color:#d62728'>■</span> contains {self.element} "
                     f"({n:,})<br>{grey}</div>")
-        col = {"property": self.prop, "uncertainty: modality disagreement": "disagreement",
-               "uncertainty: sparse region": "region_count"}[self.color_by]
+        col = self.prop if self.color_by == "property" else NUMERIC_MODES[self.color_by]
         if col is None:
             return ""
         lo, hi = self._value_span(col)
         n = int(np.isfinite(f[col]).sum())
-        note = {"disagreement": "1 − mean cosine between a material's own modality embeddings (needs ≥ 2 modalities)",
+        note = {"prediction_spread": ("property heads' calibrated σ in units of their test MAE, averaged over band "
+                                      "gap, formation energy, K, G: high = the fine-tuned models are unsure"),
+                "disagreement": "1 − mean cosine between a material's own modality embeddings (needs ≥ 2 modalities)",
                 "region_count": "materials in the map cell: low = sparse region, few similar known materials"}.get(col, "")
         return (f"<div style='font-size:12px'><b>{col}</b> ({n:,} with a value) {lo:.3g} "
                 "<span style='display:inline-block;width:160px;height:10px;background:linear-gradient(to right,"

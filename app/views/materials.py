@@ -5,6 +5,7 @@ from __future__ import annotations
 import panel as pn
 import param
 
+from app.panes import LiveMarkdown
 from app.store import AppState
 
 PAGE_SIZE = 20
@@ -20,7 +21,7 @@ class MaterialsTable(pn.viewable.Viewer):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self._title = pn.pane.Markdown(self._title_text(), css_classes=["mlcm-table-title"], margin=(0, 10))
+        self._title = LiveMarkdown(self._title_text(), css_classes=["mlcm-table-title"], margin=(0, 10))
         self._table = pn.widgets.Tabulator(
             self.state.browse_table(), pagination="remote", page_size=PAGE_SIZE, selectable=1, show_index=False,
             header_filters={"id": {"type": "input", "func": "like"}, "formula": {"type": "input", "func": "like"},

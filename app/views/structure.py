@@ -16,6 +16,7 @@ import panel as pn
 import param
 
 from app import crystal3d
+from app.panes import LiveHTML, LiveMarkdown
 from app.store import AppState, guarded
 
 MAX_BONDED_SITES = 120  # larger cells are drawn without bonds (the neighbour search grows quickly)
@@ -85,8 +86,8 @@ class StructureView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         self.figure: dict | None = None  # the last plotly figure dict drawn
-        self._pane = pn.pane.HTML("", height=430, sizing_mode="stretch_width", css_classes=["mlcm-structure"])
-        self._note = pn.pane.Markdown("**Structure**: click a material with a structure.", css_classes=["mlcm-structure-note"])
+        self._pane = LiveHTML("", height=430, sizing_mode="stretch_width", css_classes=["mlcm-structure"])
+        self._note = LiveMarkdown("**Structure**: click a material with a structure.", css_classes=["mlcm-structure-note"])
         self.state.param.watch(self._update, ["focus_id", "placed"])
         self.param.watch(self._update, "show_bonds")
 

@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from holoviews.core.spaces import Callable
 
+from app.panes import LiveMarkdown, push_layers
 from app.store import AppState, UserError, guarded, parse_dos_csv
 from mlcm_core.data.conventions import DOS_E_MAX, DOS_E_MIN, DOS_ENERGIES
 
@@ -50,14 +52,14 @@ class TargetDOSView(pn.viewable.Viewer):
                                          css_classes=["mlcm-dos-csv"])
         self._csv.param.watch(self._on_csv, "value")
         self._plot = self._build()
-        self._status = pn.pane.Markdown(self._status_text, css_classes=["mlcm-target-status"])
+        self._status = LiveMarkdown(self._status_text, css_classes=["mlcm-target-status"])
 
     # ---- layers -----------------------------------------------------------------------------------
     def _target_curve(self, target=None):
         if not target:
-            return hv.Curve([], "E", "DOS").opts(color="black")
-        return hv.Curve((DOS_ENERGIES, np.asarray(target["dos"])), "E", "DOS").opts(
-            color="black", line_width=3, line_dash="dashed")
+            return hv.Curve(pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float)}), "E", "DOS",
+                            label="target")
+        return hv.Curve((DOS_ENERGIES, np.asarray(target["dos"])), "E", "DOS", label="target")
 
     def candidate_curves(self, candidates: pd.DataFrame | None, target: dict | None) -> list[dict]:
         if candidates is None or candidates.empty:
@@ -70,38 +72,51 @@ class TargetDOSView(pn.viewable.Viewer):
         return [{"x": DOS_ENERGIES, "y": _scaled(c, ref) if ref is not None else c, "id": i,
                  "color": COLORS[k % len(COLORS)]} for k, (i, c) in enumerate(zip(ids, curves))]
 
-    def _candidate_paths(self, candidates=None, target=None):
-        """A fixed number of curve slots (a DynamicMap overlay must keep its layers); unused slots are empty."""
+    def _candidate_slots(self, candidates=None, target=None) -> dict[str, hv.Curve]:
+        """A fixed number of curve slots cand0..cand7 (an overlay keeps its layers); unused slots are empty."""
         curves = self.candidate_curves(candidates, target)
-        layers = []
+        out = {}
         for k in range(MAX_OVERLAID):
             if k < len(curves):
                 c = curves[k]
                 data = pd.DataFrame({"E": DOS_ENERGIES, "DOS": c["y"], "id": c["id"]})
             else:
-                data = pd.DataFrame({"E": [], "DOS": [], "id": []})
-            layers.append(hv.Curve(data, "E", ["DOS", "id"]).opts(color=COLORS[k], line_width=1.5, alpha=0.85,
-                                                                    tools=["hover"]))
-        return hv.Overlay(layers)
+                data = pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float), "id": np.array([], str)})
+            out[f"cand{k}"] = hv.Curve(data, "E", ["DOS", "id"], label=f"cand{k}")
+        return out
 
     def _validation_curve(self, validation=None, target=None):
         if not validation:
-            return hv.Curve([], "E", "DOS").opts(color="#d62728")
+            return hv.Curve(pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float)}), "E", "DOS",
+                            label="validation")
         y = np.asarray(validation["dos"])
         if target:
             y = _scaled(y, np.asarray(target["dos"]))
-        return hv.Curve((DOS_ENERGIES, y), "E", "DOS").opts(color="#d62728", line_width=2.5)
+        return hv.Curve((DOS_ENERGIES, y), "E", "DOS", label="validation")
+
+    def _layers_now(self) -> hv.Overlay:
+        """Candidates, target and DFT result for the current state (HoloViews calls this when it renders)."""
+        s = self.state
+        cands = [c.opts(color=COLORS[k], line_width=1.5, alpha=0.85, tools=["hover"])
+                 for k, c in enumerate(self._candidate_slots(s.candidates, s.target).values())]
+        return hv.Overlay([*cands, self._target_curve(s.target).opts(color="black", line_width=3, line_dash="dashed"),
+                           self._validation_curve(s.validation, s.target).opts(color="#d62728", line_width=2.5)])
+
+    def _push(self, *_) -> None:
+        """Send the changed curves' data only (app.panes.push_layers says why)."""
+        if not self._plot._plots:
+            return
+        s = self.state
+        push_layers(self._plot, {**self._candidate_slots(s.candidates, s.target), "target": self._target_curve(s.target),
+                                 "validation": self._validation_curve(s.validation, s.target)})
 
     def _build(self):
-        s = self.state
-        target = hv.DynamicMap(self._target_curve, streams=[hv.streams.Params(s, ["target"])])
-        cands = hv.DynamicMap(self._candidate_paths, streams=[hv.streams.Params(s, ["candidates", "target"])])
-        valid = hv.DynamicMap(self._validation_curve, streams=[hv.streams.Params(s, ["validation", "target"])])
-        draw = self._draw_src
-        overlay = (cands * target * valid * draw).opts(
+        layers = hv.DynamicMap(Callable(self._layers_now, memoize=False))
+        overlay = (layers * self._draw_src).opts(
             responsive=True, min_width=360, height=HEIGHT, xlim=(DOS_E_MIN, DOS_E_MAX), ylim=(0, Y_MAX), show_legend=False,
             xlabel="E - E_ref (eV)", ylabel="DOS (arbitrary scale)",
             title="Target DOS: draw left→right with the mouse (freehand tool)")
+        self.state.param.watch(self._push, ["target", "candidates", "validation"])
         return pn.pane.HoloViews(overlay, css_classes=["mlcm-draw"], sizing_mode="stretch_width", min_width=360,
                                  height=HEIGHT, linked_axes=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import panel as pn
 import param
 
+from app.panes import LiveMarkdown
 from app.store import AppState, guarded
 
 
@@ -16,7 +17,7 @@ class UploadView(pn.viewable.Viewer):
         self._input = pn.widgets.FileInput(accept=".cif,.vasp,.poscar,POSCAR,CONTCAR", multiple=False,
                                            css_classes=["mlcm-cif-upload"])
         self._input.param.watch(self._on_upload, "value")
-        self._info = pn.pane.Markdown(self._text, css_classes=["mlcm-placed"])
+        self._info = LiveMarkdown(self._text, css_classes=["mlcm-placed"])
 
     @guarded("structure upload")
     def _on_upload(self, event):

@@ -16,6 +16,7 @@ import numpy as np
 import panel as pn
 import param
 
+from app.panes import LiveMarkdown
 from app.store import AppState, UserError, guarded
 
 _JOB_LOCK = threading.Lock()  # one DFT validation at a time in this server process
@@ -160,5 +161,5 @@ class ValidateView(pn.viewable.Viewer):
             pn.pane.Markdown("Validate the focused candidate by DFT (GPAW, the project's protocol)."),
             pn.Row(est, run, stop),
             pn.indicators.Progress(value=self.param.progress, max=100, width=280, bar_color="warning"),
-            pn.pane.Markdown(self.param.status, css_classes=["mlcm-validate-status"]),
+            LiveMarkdown(self.param.status, css_classes=["mlcm-validate-status"]),
         )

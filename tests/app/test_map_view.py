@@ -92,3 +92,19 @@ def test_map_renders_with_its_selection_streams(view):
     plot = next(iter(view._plot._plots.values()))[0]
     callbacks = {type(c).__name__ for sp in plot.subplots.values() for c in sp.callbacks}
     assert {"LassoCallback", "BoundsCallback", "TapCallback", "RangeXYCallback"} <= callbacks
+
+
+def test_a_change_updates_only_its_layer_of_the_rendered_map(view, state):
+    """Colouring, selection and focus go straight into the rendered plot's data sources (app.panes.push_layers)."""
+    from bokeh.document import Document
+
+    view._plot.get_root(Document())
+    plot = next(iter(view._plot._plots.values()))[0]
+    layers = {sp.current_frame.label: sp for sp in plot.subplots.values() if sp.current_frame is not None}
+    assert {"shaded", "candidates", "marks", "labels"} <= set(layers)
+    image = layers["shaded"].handles["source"]
+    before = np.asarray(image.data["image"][0]).copy()
+    view.color_by = "source"
+    assert not np.array_equal(np.asarray(image.data["image"][0]), before)
+    state.focus_id = str(state.frame["id"].iloc[0])
+    assert list(layers["marks"].handles["source"].data["x"]) == [state.frame["x"].iloc[0]]

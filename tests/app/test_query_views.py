@@ -24,8 +24,10 @@ def test_a_drawn_stroke_returns_candidates(state):
     assert state.message_level == "success"
     curves = view.candidate_curves(state.candidates, state.target)
     assert len(curves) == min(MAX_OVERLAID, int(state.candidates["has_dos"].sum()))
-    overlay = view._candidate_paths(candidates=state.candidates, target=state.target)
-    assert len(overlay) == MAX_OVERLAID  # fixed slots, empty ones included
+    slots = view._candidate_slots(candidates=state.candidates, target=state.target)
+    assert len(slots) == MAX_OVERLAID  # fixed slots, empty ones included
+    assert sum(len(c) > 0 for c in slots.values()) == len(curves)
+    assert len(view._layers_now()) == MAX_OVERLAID + 2  # + the target and the DFT result
     assert "Target (black dashed): **drawn**" in view._status_text()
 
 
@@ -105,12 +107,15 @@ def test_upload_view(state):
 
 def test_selection_summary(state):
     view = SelectionSummary(state=state)
-    assert "none yet" in view._view([]).object
+    assert "none yet" in view.texts([])[0]
     ids = state.frame["id"].iloc[:300].tolist()
     s = view.summary(ids)
     assert s["n"] == 300 and sum(s["source"].values()) == 300
-    col = view._view(ids)
-    assert "Selection: 300 materials" in col.objects[0].object
+    head, hist = view.texts(ids)
+    assert "Selection: 300 materials" in head
+    assert hist.count("<svg") == len(s["properties"]) > 0 and "selected" in hist
+    state.select_ids(ids, "test")  # the panes follow the selection in place
+    assert "Selection: 300 materials" in view._head.object and view._hist.object == hist
 
 
 def test_materials_table_follows_the_selection(state):

@@ -88,3 +88,18 @@ def test_nearest(state):
     x, y = f["x"].iloc[10], f["y"].iloc[10]
     assert state.nearest(x, y) == f["id"].iloc[10] or np.hypot(*(f.loc[f["id"] == state.nearest(x, y), ["x", "y"]].to_numpy()[0] - [x, y])) < 1e-9
     assert state.nearest(1e6, 1e6, max_dist=1.0) is None
+
+
+def test_a_repeated_query_comes_from_the_process_cache(state, monkeypatch):
+    """The same DOS target with the same settings is embedded once per process (app.store.run_query)."""
+    mid = state.table.loc[state.table["has_dos"], "id"].iloc[0]
+    dos = state.dataset.dos([mid])[0]
+    first = state.run_query("test", dos=dos)
+    calls = []
+    monkeypatch.setattr(type(state.explorer), "query", lambda *a, **k: calls.append(1))
+    again = state.run_query("test", dos=dos)
+    assert calls == [] and again["id"].tolist() == first["id"].tolist() and again is not first
+    state.k = state.k + 1  # other settings: computed again
+    with pytest.raises(AttributeError):  # the patched query returns None
+        state.run_query("test", dos=dos)
+    assert calls == [1]
