@@ -33,6 +33,7 @@ import numpy as np
 from mlcm_core.explore.embed import EmbeddingTable, atomic_write, embed_store, sha256_file
 from mlcm_core.explore.index import TopKIndex
 from mlcm_core.explore.projection import UMAPProjection, place_by_neighbours
+from mlcm_core.io import staged_dir
 
 __all__ = ["EXPLORE_DIR", "MANIFEST_FORMAT", "build_precomputed", "default_checkpoint", "placement_vectors"]
 
@@ -127,10 +128,7 @@ def build_precomputed(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / EXPLORE_DIR
-    tmp = out_dir / f".{EXPLORE_DIR}-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(final) as tmp:
         model_dir = _copy_checkpoint(ckpt, tmp / "model")
         table = embed_store(store, model_dir, ids=ids, batch_size=batch_size, cache_dir=cache_dir, workers=workers,
                             progress=progress)
@@ -192,14 +190,6 @@ def build_precomputed(
             "files": files,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        old = out_dir / f".{EXPLORE_DIR}-old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mlcm_core.io import atomic_write, sha256_file
+from mlcm_core.io import atomic_write, sha256_file, staged_dir
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -257,11 +256,7 @@ def build_heads(store: DatasetStore | str | Path, runs: Mapping[str, str | Path]
 
     store = DatasetStore.open(store, verify=False) if not hasattr(store, "table") else store
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(out_dir) as tmp:
         specs = []
         for name, run in runs.items():
             run = Path(run)
@@ -312,14 +307,6 @@ def build_heads(store: DatasetStore | str | Path, runs: Mapping[str, str | Path]
             "uncertainty": "std over the ensemble members (each a separately seeded fine-tuning)",
             "files": files})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        old = out_dir.parent / f".{out_dir.name}-old-{os.getpid()}"
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
