@@ -115,3 +115,30 @@ def test_real_cost_estimate_when_gpaw_is_installed(state):
     view.estimate()
     assert view.estimated, state.message
     assert "mp-830" in view.status and "on one core" in view.status  # CostEstimate's own wording
+
+
+def test_real_validation_reproduces_a_stored_gpaw_dos(state):
+    """The page's action end to end with GPAW: GaN (mp-2853, a material of our own GPAW corpus, ~8 s) validated
+    against its own stored DOS must match it (same protocol; the stored curve is float16)."""
+    why = V.gpaw_status()
+    if why is not None:
+        pytest.skip(f"GPAW not available: {why}")
+    from mlcm_core.data.conventions import DOS_ENERGIES
+
+    mid = "mp-2853"
+    assert state.indexed.at[mid, "dos_source"] == "gpaw-engine"
+    stored = state.dataset.dos([mid])[0].astype(np.float64)
+    state.focus_id = mid
+    state.set_target("stored", DOS_ENERGIES, stored)
+    view = V.ValidateView(state=state)
+    view.estimate()
+    assert view.estimated and "2 sites" in view.status, state.message
+    view.run()
+    _wait(view, timeout=600)
+    assert not view.running and view.progress == 100, (view.status, state.message)
+    result = state.validation
+    assert result["id"] == mid and len(result["dos"]) == len(DOS_ENERGIES)
+    assert "MAE" in view.status
+    mae = float(view.status.split("MAE vs target")[1].split()[0])
+    assert mae < 0.01, view.status  # measured 0.0000 (6 s): the same calculation again
+    np.testing.assert_allclose(result["dos"], stored, atol=0.02 * stored.max())
