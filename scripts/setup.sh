@@ -5,10 +5,14 @@
 # when this runs as root with apt-get available; pass --no-apt to skip them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ "${1:-}" != "--no-apt" ]] && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
+SUDO=""
+if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  SUDO="sudo -n"  # password-less sudo (a CI runner that is not root)
+fi
+if [[ "${1:-}" != "--no-apt" ]] && command -v apt-get >/dev/null && { [[ $(id -u) -eq 0 ]] || [[ -n "$SUDO" ]]; }; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq gpaw gpaw-data chromium >/dev/null
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq gpaw gpaw-data chromium >/dev/null
 fi
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[all]"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import app.views.validate as V
+from tests.conftest import skip_unless_ci
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def test_without_gpaw_it_says_so(state, monkeypatch):
 def test_real_cost_estimate_when_gpaw_is_installed(state):
     why = V.gpaw_status()
     if why is not None:
-        pytest.skip(f"GPAW not available: {why}")
+        skip_unless_ci(f"GPAW not available: {why}")
     view = V.ValidateView(state=state)
     _ready(state)
     view.estimate()
@@ -122,7 +123,7 @@ def test_real_validation_reproduces_a_stored_gpaw_dos(state):
     against its own stored DOS must match it (same protocol; the stored curve is float16)."""
     why = V.gpaw_status()
     if why is not None:
-        pytest.skip(f"GPAW not available: {why}")
+        skip_unless_ci(f"GPAW not available: {why}")
     from mlcm_core.data.conventions import DOS_ENERGIES
 
     mid = "mp-2853"

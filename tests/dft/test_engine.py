@@ -25,6 +25,7 @@ from mlcm_core.dft.engine import (
 )
 from mlcm_core.dft.protocol import LOW_PROTOCOL, PROTOCOL
 from mlcm_core.dft.seed import SEED_DIR
+from tests.conftest import skip_unless_ci
 
 A_SI = 5.468
 
@@ -114,7 +115,7 @@ def test_record_from_seed_npz() -> None:
 def si_low(tmp_path_factory):
     reason = gpaw_available()
     if reason:
-        pytest.skip(f"no GPAW for the end-to-end run: {reason}")
+        skip_unless_ci(f"no GPAW for the end-to-end run: {reason}")
     out = tmp_path_factory.mktemp("gpaw-si")
     return compute(si2(), "si", out, LOW_PROTOCOL, timeout=600), np.load(out / "si.npz"), out
 
@@ -164,7 +165,7 @@ def test_gpaw_pseudo_density_matches_vasp_chgcar(tmp_path: Path) -> None:
         pytest.skip("no VASP Si CHGCAR")
     reason = gpaw_available()
     if reason:
-        pytest.skip(f"no GPAW: {reason}")
+        skip_unless_ci(f"no GPAW: {reason}")
     structure, vasp = chgcar_density(chgcar)
     assert vasp.mean() * structure.volume == pytest.approx(32.0, abs=1e-3)  # rho*V / V integrates to 32 e
     rec = compute(structure, "si8", tmp_path, LOW_PROTOCOL.replace(kpt_max_dos=3), timeout=600)

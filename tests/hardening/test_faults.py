@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_unless_ci
+
 from .conftest import ROOT, TINY_MODEL, copy_tree, simple_structures, tree_digest
 
 
@@ -143,7 +145,7 @@ def test_kill9_during_dft_run_loses_only_the_material_in_flight(tiny_store, tmp_
 
     reason = gpaw_available()
     if reason:
-        pytest.skip(f"no GPAW: {reason}")
+        skip_unless_ci(f"no GPAW: {reason}")
     out = tmp_path / "dft"
     proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(out), *DFT_IDS], env=_env(), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
