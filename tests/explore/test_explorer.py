@@ -388,3 +388,19 @@ def test_embed_keeps_the_fitted_map_and_places_new_materials(tiny, default_store
     with pytest.raises(ValueError, match="other weights"):
         build_precomputed(grown.root, other, tmp_path / "pre", cache_dir=tmp_path / "graphs", progress=False,
                           verify_store=False, reuse_map=True)
+
+
+def test_mlcm_embed_and_project_commands(tiny, tmp_path, capsys):
+    """The CLI wiring: `mlcm embed` keeps the map of the existing build, `mlcm project` fits a new one."""
+    from mlcm_core.cli import main
+
+    store, ckpt, pre = tiny
+    shutil.copytree(pre, tmp_path / "pre")
+    common = ["--store", str(store.root), "--checkpoint", str(ckpt), "--out", str(tmp_path / "pre")]
+    assert main(["embed", *common]) == 0
+    out = capsys.readouterr().out
+    assert '"map": "kept from the previous build"' in out and '"transformed": 0' in out
+    assert main(["project", *common, "--n-neighbors", "5"]) == 0
+    assert '"map": "fitted"' in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "pre" / "explore" / "manifest.json").read_text())
+    assert manifest["umap"]["n_neighbors"] == 5 and manifest["counts"]["materials"] == 30
