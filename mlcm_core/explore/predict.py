@@ -278,13 +278,11 @@ def build_heads(store: DatasetStore | str | Path, runs: Mapping[str, str | Path]
             specs.append({"name": result["target"], "column": result["column"], "transform": result["transform"],
                           "unit": result["unit"], "members": rels, "metrics": metrics,
                           "finetune_config": json.loads(json.dumps(_read_yaml(run / "config.yaml"), default=str))})
-        manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "targets": specs,
-                                    "files": {}}
-        (tmp / "manifest.json").write_text(json.dumps(manifest))  # so that load() can read the members
         files = {f"{rel}/{f}": sha256_file(tmp / rel / f) for s in specs for rel in s["members"]
                  for f in ("checkpoint.json", "model.safetensors")}
-        manifest["files"] = files
-        (tmp / "manifest.json").write_text(json.dumps(manifest))
+        manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "targets": specs,
+                                    "files": files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest))  # so that load() can read the members
         predictor = PropertyPredictor.load(tmp, verify=False)
         _fit_sigma_scales(store, predictor, specs, runs, cache_dir, progress)
         (tmp / "manifest.json").write_text(json.dumps(manifest))
@@ -304,7 +302,8 @@ def build_heads(store: DatasetStore | str | Path, runs: Mapping[str, str | Path]
         manifest.update({
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "store": {"shards": [s["name"] for s in store.manifest["shards"]], "predicted": len(keep)},
-            "uncertainty": "std over the ensemble members (each a separately seeded fine-tuning)",
+            "uncertainty": ("σ = std over the ensemble members (separately seeded fine-tunings) × the target's "
+                            "sigma_scale, fitted on the validation split"),
             "files": files})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out_dir
