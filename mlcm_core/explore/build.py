@@ -164,7 +164,7 @@ def build_precomputed(
             for k in others:
                 mods = [m for m in table.modalities if m != "crystal" and table.has(m)[k]]
                 placed_by[k] = "neighbours:" + "+".join(mods)
-        atomic_write(tmp / "map.npz", lambda f: np.savez(f, ids=table.ids, xy=xy, placed_by=placed_by.astype(str)))
+        atomic_write(tmp / "map.npz", lambda f: np.savez_compressed(f, ids=table.ids, xy=xy, placed_by=placed_by.astype(str)))
 
         store_root = Path(store.root).resolve()
         try:

@@ -4,7 +4,7 @@ Why precompute: the explorer answers queries in milliseconds by comparing one ne
 stored ones; running three encoders over the whole store (crystal graphs need PotNet lattice sums) takes
 far longer, so it is done once per checkpoint and saved.
 
-Storage (``embeddings.npz``, numpy's zip of ``.npy`` arrays, read with ``allow_pickle=False``):
+Storage (``embeddings.npz``, numpy's deflate-compressed zip of ``.npy`` arrays, read with ``allow_pickle=False``):
 
     ids                   (N,) unicode   every material that has at least one embedding
     <modality>__rows      (n_m,) int64   positions in ``ids`` of the materials with that modality
@@ -117,7 +117,7 @@ class EmbeddingTable:
         for m in self.modalities:
             arrays[f"{m}__rows"] = self.rows[m]
             arrays[f"{m}__vectors"] = self.vectors[m]
-        atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
         return path
 
     @classmethod
