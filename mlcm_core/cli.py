@@ -99,13 +99,14 @@ DFT_FAILED = Path("precomputed") / "dft_failed.json"  # committed: failures are 
 DFT_POOL_SOURCES = {"mp": ("matminer-0.3.9",), "perov5": ("cdvae-perov_5",), "all": ("matminer-0.3.9", "cdvae-perov_5")}
 
 
-def _dft_pool(store_path: Path, max_sites: int, include_done: bool = False, sources: str = "mp") -> dict:
-    """Structures of the store not yet computed with GPAW (nor recorded as failed)."""
+def _dft_pool(store_path: Path, max_sites: int, include_done: bool = False, sources: str | None = "mp") -> dict:
+    """Structures of the store not yet computed with GPAW (nor recorded as failed); ``sources`` None = any."""
     from mlcm_core.data.store import DatasetStore
 
     store = DatasetStore.open(store_path)
     t = store.table
-    mp = t[t["source"].isin(DFT_POOL_SOURCES[sources]) & t["has_structure"].astype(bool) & (t["nsites"] <= max_sites)]
+    chosen = t["source"].isin(DFT_POOL_SOURCES[sources]) if sources is not None else True
+    mp = t[chosen & t["has_structure"].astype(bool) & (t["nsites"] <= max_sites)]
     failed = set(json.loads(DFT_FAILED.read_text())) if DFT_FAILED.exists() else set()
     if not include_done:
         done = mp["dos_source"].isin(["gpaw-engine", "dft-seed"]) & mp["has_charge_density"].astype(bool)
@@ -145,7 +146,7 @@ def cmd_dft_ingest(args: argparse.Namespace) -> int:
     """Merge finished GPAW results into the store as one new shard; record failures."""
     from mlcm_core.dft.engine import record_from_npz
 
-    pool = _dft_pool(args.store, max_sites=10**6, sources="all")
+    pool = _dft_pool(args.store, max_sites=10**6, sources=None)  # whatever was computed, from any source
     records = [record_from_npz(p, p.stem, pool[p.stem]) for p in sorted(args.results.glob("*.npz"))
                if p.stem in pool]
     failed = set(json.loads(DFT_FAILED.read_text())) if DFT_FAILED.exists() else set()
