@@ -13,6 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SOURCES = ROOT.parent / "shared" / "data" / "sources"
 DEFAULT_STORE = ROOT / "precomputed" / "dataset"
+# the smallest model of every encoder kind: training, checkpoint and explorer tests run it in seconds
+TINY_MODEL = {
+    "embed_dim": 16,
+    "crystal": {"hidden": 16, "num_layers": 1, "potential_bins": 8},
+    "dos": {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 2, "n_frequencies": 4},
+    "density": {"layers": [1, 1, 1, 1], "cardinality": 2, "base_width": 16, "base_planes": 4, "stem_channels": 4,
+                "expansion": 2, "stem_kernel": 3},
+}
 
 
 def _can_install_system_packages() -> bool:

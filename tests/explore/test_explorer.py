@@ -382,7 +382,7 @@ def test_embed_keeps_the_fitted_map_and_places_new_materials(tiny, default_store
     # other weights: the old map cannot place their embeddings
     torch.manual_seed(1)
     from mlcm_core.models.multimodal import MultimodalConfig, MultimodalModel
-    from tests.explore.conftest import TINY_MODEL
+    from tests.conftest import TINY_MODEL
 
     other = MultimodalModel(MultimodalConfig.cpu().with_overrides(TINY_MODEL)).save_checkpoint(tmp_path / "other")
     with pytest.raises(ValueError, match="other weights"):

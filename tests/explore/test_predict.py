@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.explore.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,9 @@ import numpy as np
 import pytest
 
 from mlcm_core.data.conventions import DENSITY_GRID, DOS_ENERGIES
+from tests.conftest import TINY_MODEL
 
 FIXTURE_TAG = "SYNTHETIC TEST FIXTURE (not physics)"
-TINY_MODEL = {
-    "embed_dim": 16,
-    "crystal": {"hidden": 16, "num_layers": 1, "potential_bins": 8},
-    "dos": {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 2, "n_frequencies": 4},
-    "density": {"layers": [1, 1, 1, 1], "cardinality": 2, "base_width": 16, "base_planes": 4, "stem_channels": 4,
-                "expansion": 2, "stem_kernel": 3},
-}
 ROOT = Path(__file__).resolve().parents[2]
 
 
