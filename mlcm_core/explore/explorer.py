@@ -187,6 +187,7 @@ class Explorer:
         self._hint: DensityHint | None = None
         self._predictor: Any = None
         self._predictor_error: str | None = None
+        self._heads_verified = False
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -246,7 +247,9 @@ class Explorer:
         if embeddings.meta.get("checkpoint_sha256") != manifest["checkpoint"]["sha256"]:
             raise ExplorerError("embeddings.npz was made with another checkpoint than the manifest names")
         root = Path(export_root) if export_root is not None else Path.cwd() / "var" / "exports"
-        return cls(directory, manifest, store, embeddings, projection, ids, xy, placed_by, root)
+        explorer = cls(directory, manifest, store, embeddings, projection, ids, xy, placed_by, root)
+        explorer._heads_verified = verify  # the heads' checksums were checked above: not again on first use
+        return explorer
 
     @property
     def model(self) -> MultimodalModel:
@@ -267,7 +270,7 @@ class Explorer:
                 self._predictor_error = f"no property heads at {heads} (build them with `mlcm heads build`)"
             else:
                 try:
-                    self._predictor = PropertyPredictor.load(heads)
+                    self._predictor = PropertyPredictor.load(heads, verify=not self._heads_verified)
                 except HeadsError as e:  # corrupt heads: searching still works; predict() says why
                     self._predictor_error = str(e)
                     warnings.warn(f"property predictions disabled: {e}", RuntimeWarning, stacklevel=2)
