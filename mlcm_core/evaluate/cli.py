@@ -4,7 +4,7 @@ Why a function of argv: ``mlcm_core.cli`` dispatches ``mlcm evaluate ...`` here 
 ``python -m mlcm_core.evaluate`` runs the same code; the exact command is recorded in the report.
 
 Defaults: ``--budget quick`` writes to var/eval/quick/ (a smoke test must never overwrite the real report);
-``--budget full`` writes docs/results.json and docs/results.md. Runs go to ``--run-dir`` (default
+``--budget cpu`` or ``full`` writes docs/results.json and docs/results.md. Runs go to ``--run-dir`` (default
 var/runs/evaluate/<budget>); re-running with the same run directory resumes and reuses finished runs.
 """
 
@@ -41,7 +41,10 @@ def build_parser(prog: str = "mlcm evaluate") -> argparse.ArgumentParser:
                    help="comma-separated pre-training methods for the ablation (default: scratch, clip_crystal_dos, "
                         "all_pairs_clip, anchored_clip, tensor_clip, barlow_twins); 'none' skips the ablation")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the budget's)")
-    p.add_argument("--budget", choices=("quick", "full"), default="quick")
+    from mlcm_core.evaluate.ablation import BUDGETS
+
+    p.add_argument("--budget", choices=tuple(BUDGETS), default="quick",
+                   help="quick = smoke test (var/eval/quick); cpu = the 2-core run of docs/results.md; full = longer")
     p.add_argument("--budget-overrides", default=None,
                    help='JSON object of Budget fields to change, e.g. \'{"finetune_epochs": 50}\'')
     p.add_argument("--targets", default=None, help="comma-separated fine-tuning targets (default: the budget's)")
@@ -149,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
-    default_dir = Path("docs") if budget.name == "full" else Path("var") / "eval" / budget.name
+    default_dir = Path("var") / "eval" / budget.name if budget.name == "quick" else Path("docs")
     out_json = args.out_json or default_dir / "results.json"
     out_md = args.out_md or default_dir / "results.md"
     try:
