@@ -53,6 +53,7 @@ __all__ = [
     "eval_device",
     "restrict_rows",
     "run_ablation",
+    "select_method",
 ]
 
 MODALITIES: tuple[str, ...] = ("crystal", "dos", "density")
@@ -84,7 +85,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "third-order Barlow Twins on complete triples"),
 )}
 DEFAULT_METHODS: tuple[str, ...] = ("scratch", "clip_crystal_dos", "all_pairs_clip", "anchored_clip", "tensor_clip",
-                                    "barlow_twins")
+                                    "barlow_twins", "barlow_twins_higher_order")
 
 
 @dataclass(frozen=True)
@@ -492,7 +493,7 @@ def run_ablation(store: DatasetStore, methods: Sequence[str] = DEFAULT_METHODS, 
     Args:
         store: the dataset store (its one split is used throughout).
         methods: names in METHODS (default: scratch, clip_crystal_dos, all_pairs_clip, anchored_clip,
-            tensor_clip, barlow_twins).
+            tensor_clip, barlow_twins, barlow_twins_higher_order).
         seeds: default ``budget.seeds``.
         budget: a Budget or a name in BUDGETS ("quick" = smoke test in minutes, "full" = the real run).
         out_dir: where the runs go (default var/runs/evaluate/<budget name>); reusing it resumes.
@@ -522,3 +523,32 @@ def run_ablation(store: DatasetStore, methods: Sequence[str] = DEFAULT_METHODS, 
                                         progress=progress, log=log, reuse=reuse)
     return AblationResult(methods=list(methods), seeds=seeds, targets=targets, budget=budget.to_dict(),
                           out_dir=str(out), runs=runs, modality_comparison=comparison, **summary)
+
+
+def select_method(ablation: Mapping[str, Any], *, require: Sequence[str] = MODALITIES,
+                  reference: str = "scratch") -> dict[str, Any]:
+    """The pre-training method to ship, chosen on validation only.
+
+    Score = mean over targets of (validation MAE of the method / validation MAE of ``reference``), each the mean
+    over seeds: below 1 means pre-training helped fine-tuning on average, and targets with different units
+    weigh the same. Candidates are the pre-training methods that embed every modality in ``require`` (the app
+    places DOS curves and densities in the space, so a crystal+DOS-only model cannot be the default); the
+    best score over all methods is reported beside it. Test numbers play no part.
+    """
+    finetune = ablation.get("finetune") or {}
+    targets = list(ablation.get("targets") or [])
+    ref = finetune.get(reference) or {}
+    scores: dict[str, float] = {}
+    for name, per in finetune.items():
+        ratios = [per[t]["val_mae"] / ref[t]["val_mae"] for t in targets
+                  if t in per and t in ref and per[t].get("val_mae") and ref[t].get("val_mae")]
+        if targets and len(ratios) == len(targets):
+            scores[name] = float(np.mean(ratios))
+    candidates = [m for m in scores if METHODS[m].loss is not None and set(require) <= set(METHODS[m].modalities)]
+    if not candidates:
+        raise ValueError(f"no pre-training method with modalities {list(require)} has validation results for "
+                         f"every target {targets}")
+    best = min(candidates, key=scores.__getitem__)
+    return {"method": best, "score": scores[best], "scores": scores, "candidates": candidates,
+            "best_any": min(scores, key=scores.__getitem__), "reference": reference,
+            "criterion": f"mean over targets of val MAE / val MAE of {reference} (mean over seeds); lower is better"}

@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,8 @@ def build_parser(prog: str = "mlcm evaluate") -> argparse.ArgumentParser:
                    help="pre-training run or checkpoint directory to evaluate (retrieval, rank, inverse design)")
     p.add_argument("--methods", default=None,
                    help="comma-separated pre-training methods for the ablation (default: scratch, clip_crystal_dos, "
-                        "all_pairs_clip, anchored_clip, tensor_clip, barlow_twins); 'none' skips the ablation")
+                        "all_pairs_clip, anchored_clip, tensor_clip, barlow_twins, barlow_twins_higher_order); "
+                        "'none' skips the ablation")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the budget's)")
     from mlcm_core.evaluate.ablation import BUDGETS
 
@@ -56,6 +57,9 @@ def build_parser(prog: str = "mlcm evaluate") -> argparse.ArgumentParser:
     p.add_argument("--out-md", type=Path, default=None, help="default docs/results.md (full), var/eval/quick/ (quick)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-verify", action="store_true", help="skip the store's SHA-256 check")
+    p.add_argument("--ship", type=Path, default=None,
+                   help="copy the method chosen on validation (first seed) here, e.g. precomputed/checkpoint, "
+                        "and evaluate the copy")
     return p
 
 
@@ -83,12 +87,67 @@ def _data_counts(store: DatasetStore) -> dict[str, dict[str, int]]:
     return out
 
 
+def _cached(path: Path, key: Mapping[str, Any], compute: Callable[[], Any]) -> Any:
+    """``compute()``, or its earlier result stored at ``path`` under the same key (a resumed run skips it)."""
+    from mlcm_core.evaluate.report import jsonable
+    from mlcm_core.io import atomic_write_text
+
+    key = json.loads(json.dumps(jsonable(key), default=str))
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("key") == key:
+            return data["result"]
+    result = jsonable(compute())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"key": key, "result": result}))
+    return result
+
+
+def _ship_best(ablation: Mapping[str, Any] | None, dest: Path, seed: int, log: Callable[[str], None]
+               ) -> dict[str, Any]:
+    """Copy the pre-trained weights of the method chosen on validation (first seed) to ``dest``."""
+    from mlcm_core.evaluate.ablation import select_method
+    from mlcm_core.train.checkpoint import export_checkpoint
+
+    if not ablation:
+        raise ValueError("--ship needs the ablation (do not pass --methods none)")
+    choice = select_method(ablation)
+    run = next((r for r in ablation["runs"] if r["method"] == choice["method"] and r["seed"] == seed), None)
+    if run is None or not run.get("pretrain"):
+        raise ValueError(f"no pre-training run of {choice['method']} with seed {seed}")
+    source = Path(run["pretrain"]["checkpoint"])
+    run_root = source.parents[1] if source.parent.name == "checkpoints" else source
+    extra = {name: run_root / src for name, src in (("train_config.yaml", "config.yaml"),
+                                                    ("pretrain_log.csv", "log.csv")) if (run_root / src).exists()}
+    export_checkpoint(source, dest, extra_files=extra,
+                      note={"method": choice["method"], "seed": seed, "selection": choice["criterion"]})
+    log(f"[evaluate] shipped {choice['method']} seed {seed} ({source}) to {dest}")
+    return {**choice, "seed": seed, "source": str(source), "dest": str(dest), "run_eval": run["embedding"]}
+
+
+def _compare_retrieval(run_eval: Mapping[str, Any] | None, shipped_eval: Mapping[str, Any]) -> dict[str, Any]:
+    """Largest difference between the run's retrieval numbers and the shipped copy's (0 when reproduced)."""
+    if not run_eval:
+        return {"reproduces_run": None, "max_abs_diff": None}
+    mine = {(r["query"], r["gallery"]): r for r in run_eval["retrieval"]}
+    diffs = [abs(float(r[k]) - float(mine[(r["query"], r["gallery"])][k]))
+             for r in shipped_eval["retrieval"] for k in r
+             if k.startswith(("top", "median_rank")) and (r["query"], r["gallery"]) in mine]
+    worst = max(diffs) if diffs else None
+    return {"reproduces_run": worst is not None and worst < 1e-9, "max_abs_diff": worst}
+
+
 def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | None = None,
                    methods: Sequence[str] = (), seeds: Sequence[int] | None = None,
                    targets: Sequence[str] | None = None, split: str = "test", baseline: bool = True,
                    comparison: bool = True, run_dir: Path | None = None, command: str = "",
-                   store_path: Path | None = None, log: Any = None) -> dict[str, Any]:
-    """Everything the report shows, as one JSON-ready dict (see ``report.render_markdown``)."""
+                   store_path: Path | None = None, ship: Path | None = None, log: Any = None) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-ready dict (see ``report.render_markdown``).
+
+    With ``ship``, the method chosen on validation (``select_method``) has its first seed's pre-trained weights
+    copied to ``ship`` (the app's default checkpoint), which is then the evaluated checkpoint: its retrieval
+    numbers must equal those of the run it was copied from (recorded as ``shipped.reproduces_run``).
+    """
     from mlcm_core.evaluate.ablation import eval_device, run_ablation
     from mlcm_core.evaluate.baseline import magpie_rf_over_seeds
     from mlcm_core.evaluate.model_eval import evaluate_model
@@ -106,6 +165,20 @@ def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | No
                   "info": store.info()},
         "data_counts": _data_counts(store), "checkpoint": None, "baseline": None, "ablation": None,
     }
+    if baseline:
+        log("[evaluate] Magpie + random forest baseline")
+        key = {"targets": targets, "seeds": seeds, "n_estimators": budget.rf_n_estimators, "grid": budget.rf_grid,
+               "max_train_rows": budget.finetune_max_rows, "store_manifest": results["store"]["manifest_sha256"]}
+        run_root = run_dir if run_dir is not None else Path("var") / "runs" / "evaluate" / budget.name
+        results["baseline"] = _cached(run_root / "baseline.json", key, lambda: magpie_rf_over_seeds(
+            store, targets, seeds, n_estimators=budget.rf_n_estimators, grid=budget.rf_grid,
+            max_train_rows=budget.finetune_max_rows))
+    if methods:
+        results["ablation"] = run_ablation(store, list(methods), seeds, budget, out_dir=run_dir, targets=targets,
+                                           compare=comparison, split=split, log=log).to_dict()
+    if ship is not None:
+        results["shipped"] = _ship_best(results["ablation"], ship, seeds[0], log)
+        checkpoint = ship
     if checkpoint is not None:
         from mlcm_core.models.multimodal import MultimodalModel
         from mlcm_core.train.checkpoint import read_checkpoint_info
@@ -119,13 +192,8 @@ def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | No
             "eval": evaluate_model(model, store, split, rank_max_rows=budget.rank_max_rows,
                                    inverse_ks=budget.inverse_ks, inverse_random_seeds=budget.inverse_random_seeds,
                                    batch_size=budget.eval_batch_size)}
-    if baseline:
-        log("[evaluate] Magpie + random forest baseline")
-        results["baseline"] = magpie_rf_over_seeds(store, targets, seeds, n_estimators=budget.rf_n_estimators,
-                                                   grid=budget.rf_grid, max_train_rows=budget.finetune_max_rows)
-    if methods:
-        results["ablation"] = run_ablation(store, list(methods), seeds, budget, out_dir=run_dir, targets=targets,
-                                           compare=comparison, split=split, log=log).to_dict()
+    if results.get("shipped") and results["checkpoint"]:
+        results["shipped"].update(_compare_retrieval(results["shipped"].pop("run_eval"), results["checkpoint"]["eval"]))
     results["seconds"] = time.perf_counter() - start
     return results
 
@@ -160,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_evaluation(store, budget=budget, checkpoint=args.checkpoint, methods=methods, seeds=args.seeds,
                                  targets=targets, split=args.split, baseline=not args.no_baseline,
                                  comparison=not args.no_comparison, run_dir=args.run_dir,
-                                 command="mlcm evaluate " + shlex.join(argv), store_path=args.store)
+                                 command="mlcm evaluate " + shlex.join(argv), store_path=args.store,
+                                 ship=args.ship)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -58,5 +58,6 @@ def evaluate_model(model: MultimodalModel, store: DatasetStore, split: str = "te
     if {"crystal", "dos"} <= set(mods):
         inverse = inverse_design(model, store, query_split=split, ks=inverse_ks, random_seeds=inverse_random_seeds,
                                  batch_size=batch_size)
-    return {"split": split, "retrieval": retrieval.to_dict("records"), "effective_rank": ranks,
+    return {"split": split, "retrieval_ids": list(retrieval_ids), "retrieval": retrieval.to_dict("records"),
+            "effective_rank": ranks,
             "inverse_design": inverse}

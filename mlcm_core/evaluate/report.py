@@ -137,6 +137,42 @@ def _finetune_section(results: Mapping[str, Any]) -> list[str]:
     return _table(header, rows)
 
 
+def _versus_baseline(results: Mapping[str, Any]) -> list[str]:
+    """Per target: does the best fine-tuned method (lowest test mean) beat Magpie + RF? Said either way."""
+    finetune = (results.get("ablation") or {}).get("finetune") or {}
+    baseline = results.get("baseline") or {}
+    lines = []
+    for t in (results.get("ablation") or {}).get("targets") or []:
+        rf = (baseline.get(t) or {}).get("test_mae")
+        scored = [(per[t]["mean"], m) for m, per in finetune.items() if per.get(t, {}).get("mean") is not None]
+        if rf is None or not scored:
+            continue
+        mae, method = min(scored)
+        verdict = "beats" if mae < rf else "does **not** beat"
+        lines.append(f"- {_TARGET_LABELS.get(t, t)}: the best fine-tuned model (`{method}`, {_num(mae)}) {verdict} "
+                     f"Magpie + RF ({_num(rf)}).")
+    return lines + [""] if lines else []
+
+
+def _shipped_section(shipped: Mapping[str, Any] | None) -> list[str]:
+    if not shipped:
+        return []
+    lines = ["## The shipped checkpoint", "",
+             (f"Chosen on validation only: {shipped['criterion']}. Candidates are the methods that embed all three "
+              "modalities (the app places DOS curves and densities in the space)."), ""]
+    rows = [[m, _num(v), "yes" if m in shipped["candidates"] else "no (not 3-modal)" if m != shipped["reference"]
+             else "reference"] for m, v in sorted(shipped["scores"].items(), key=lambda kv: kv[1])]
+    lines += _table(["method", "val score (lower is better)", "candidate"], rows)
+    if shipped.get("best_any") != shipped["method"]:
+        lines += [f"`{shipped['best_any']}` scored best overall but does not embed every modality.", ""]
+    reproduced = shipped.get("reproduces_run")
+    lines += [(f"Shipped: `{shipped['method']}` seed {shipped['seed']}, weights copied byte for byte from "
+               f"`{shipped['source']}` to `{shipped['dest']}`. Its retrieval numbers (the first section) "
+               + ("equal" if reproduced else "differ from" if reproduced is False else "were not compared with")
+               + f" those of that run (largest difference {_num(shipped.get('max_abs_diff'))})."), ""]
+    return lines
+
+
 def _label(method: str) -> str:
     return "scratch (random init, untrained)" if method == "scratch" else method
 
@@ -219,7 +255,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
               f"- Code: commit `{git.get('commit', '?')}`{' with uncommitted changes' if git.get('dirty') else ''}",
               (f"- Budget: `{budget.get('name', '?')}` (model `{budget.get('model')}`, pre-training "
               f"{budget.get('pretrain_epochs')} epochs, fine-tuning {budget.get('finetune_epochs')} epochs, "
-              f"seeds {results.get('seeds', budget.get('seeds'))})"),
+              f"seeds {results.get('seeds', budget.get('seeds'))}, fine-tuning rows per target capped at "
+              f"{budget.get('finetune_max_rows') or 'no cap'})"),
               f"- Evaluation split: `{results.get('split', 'test')}`; wall time {_num(results.get('seconds'))} s",
               "- Command:", "", "```", str(results.get("command", "?")), "```", ""]
 
@@ -233,6 +270,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += [(f"Store `{store.get('path', '?')}`: {store.get('shards', '?')} shards, manifest SHA-256 "
               f"`{str(store.get('manifest_sha256', '?'))[:16]}`."), ""]
 
+    lines += _shipped_section(results.get("shipped"))
     ck = results.get("checkpoint")
     if ck:
         modalities = ck.get("modalities") or ["crystal", "dos", "density"]
@@ -263,6 +301,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
               "std over seeds (n = seeds). Magpie + RF: composition features, random forest chosen on val, same "
               "rows and target transforms."), ""]
     lines += _finetune_section(results)
+    lines += _versus_baseline(results)
     if ablation:
         lines += ["## Pre-training ablation: embedding quality", ""]
         lines += _ablation_embedding_section(ablation)

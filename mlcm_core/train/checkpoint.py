@@ -39,6 +39,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointInfo",
+    "export_checkpoint",
     "get_rng_state",
     "latest_checkpoint",
     "load_checkpoint",
@@ -387,3 +388,31 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 def write_latest_pointer(checkpoint: Path) -> None:
     """Point ``<dir>/latest`` at ``checkpoint`` (atomically)."""
     _atomic_write_text(checkpoint.parent / LATEST_FILE, checkpoint.name + "\n")
+
+
+def export_checkpoint(source: str | Path, dest: str | Path, *, extra_files: Mapping[str, str | Path] | None = None,
+                      note: Mapping[str, Any] | None = None) -> Path:
+    """Copy a checkpoint's weights and description (not its optimizer state) to ``dest``, verified and atomic.
+
+    Why: the shipped default must be a byte-identical copy of a run's weights, so that numbers measured on the
+    run reproduce on the copy; the optimizer state (a torch pickle) has no place in a shipped folder.
+    ``source`` is a checkpoint directory or a run directory (its latest checkpoint); ``extra_files`` maps
+    names in ``dest`` to files to copy beside the weights (e.g. the run's config and log); ``note`` is
+    recorded under ``extra["exported"]`` together with the source path.
+    """
+    from mlcm_core.io import staged_dir
+
+    info = read_checkpoint_info(source)
+    weights = _verify(info, WEIGHTS_FILE)
+    digest = info.files.get(WEIGHTS_FILE) or sha256_file(weights)
+    meta = json.loads((info.path / META_FILE).read_text())
+    meta["files"] = {WEIGHTS_FILE: digest}
+    meta.setdefault("extra", {})["exported"] = {"from": str(info.path), **_jsonable(dict(note or {}))}
+    with staged_dir(dest) as tmp:
+        shutil.copyfile(weights, tmp / WEIGHTS_FILE)
+        if sha256_file(tmp / WEIGHTS_FILE) != digest:
+            raise CheckpointError(f"copy of {weights} does not match its checksum")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
+        for name, path in (extra_files or {}).items():
+            shutil.copyfile(path, tmp / name)
+    return Path(dest)
