@@ -51,6 +51,7 @@ import threading
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,11 @@ def stats(values: list[float]) -> dict[str, Any]:
 class Server:
     """`mlcm app` on a free port in its own process group (ours to stop), its log in a temp file."""
 
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, app_args: Sequence[str] = ()) -> None:
         self.port, self.log_path = port, log
         self.log = open(log, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "mlcm_core.cli", "app", "--port", str(port)], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlcm_core.cli", "app", "--port", str(port), *app_args],
+                                     cwd=ROOT,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -618,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default=None, help="an already running app (default: start `mlcm app` on a free port)")
     p.add_argument("--server-pid", type=int, default=None, help="with --url: the server process, for RSS")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    p.add_argument("--app-args", default="", help='extra `mlcm app` options, e.g. "--num-threads 4"')
     args = p.parse_args(argv)
 
     _import_models()
@@ -628,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.url is None:
             log = Path(tempfile.mkstemp(prefix="mlcm-load-", suffix=".log")[1])
-            server = Server(free_port(), log)
+            server = Server(free_port(), log, args.app_args.split())
             print(f"starting mlcm app on port {server.port} (log {log}) ...", flush=True)
             ready = server.wait_ready(600)
             print(f"first page after {ready:.1f} s; warming up one session ...", flush=True)
@@ -644,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
                      ramp=args.ramp)
         report["warm_up_session"] = warm_times
         report["machine"] = {"cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0]}
+        report["app_args"] = args.app_args
     finally:
         if server is not None:
             server.stop()

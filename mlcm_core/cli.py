@@ -257,12 +257,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def app_command(address: str = "127.0.0.1", port: int = 5006, allow_websocket_origin: str | None = None,
-                show: bool = False) -> list[str]:
+                show: bool = False, num_threads: int | None = None) -> list[str]:
     """The `panel serve` command line that `mlcm app` runs (a pure function, so it can be tested).
 
     Binds ``address`` (127.0.0.1 by default: only this machine can connect) and always passes
     ``--allow-websocket-origin``, so Bokeh's origin check stays on: pages served from other origins
-    cannot open a session.
+    cannot open a session. ``num_threads`` runs the sessions' callbacks in a pool of that many threads
+    (Panel's ``--num-threads``), so one slow search does not hold up every other session's interaction.
     """
     app = Path(__file__).resolve().parents[1] / "app" / "main.py"
     origin = allow_websocket_origin or f"{'localhost' if address == '127.0.0.1' else address}:{port}"
@@ -270,6 +271,8 @@ def app_command(address: str = "127.0.0.1", port: int = 5006, allow_websocket_or
            "--allow-websocket-origin", origin]
     if address == "127.0.0.1":
         cmd += ["--allow-websocket-origin", f"127.0.0.1:{port}"]
+    if num_threads is not None:
+        cmd += ["--num-threads", str(int(num_threads))]
     if show:
         cmd.append("--show")
     return cmd
@@ -301,7 +304,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: not starting the app: {problem}", file=sys.stderr)
         return 2
-    cmd = app_command(args.address, args.port, args.allow_websocket_origin, args.show)
+    cmd = app_command(args.address, args.port, args.allow_websocket_origin, args.show, args.num_threads)
     print(" ".join(cmd))
     return subprocess.call(cmd)
 
@@ -426,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5006)
     p.add_argument("--allow-websocket-origin", default=None)
     p.add_argument("--show", action="store_true")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="callback thread pool size (Panel --num-threads; default: callbacks on the server's one thread)")
     p.set_defaults(func=cmd_app)
     return parser
 

@@ -306,7 +306,9 @@ def test_mlcm_app_binds_localhost_with_the_origin_check_on(monkeypatch, capsys):
     assert "lab.example.org:443" in explicit and "--allow-websocket-origin" in explicit
     # the parser's defaults are the safe ones, and cmd_app runs exactly app_command's line
     args = cli.build_parser().parse_args(["app"])
-    assert (args.address, args.port, args.allow_websocket_origin) == ("127.0.0.1", 5006, None)
+    assert (args.address, args.port, args.allow_websocket_origin, args.num_threads) == ("127.0.0.1", 5006, None, None)
+    pooled = cli.app_command(num_threads=4)
+    assert pooled[pooled.index("--num-threads") + 1] == "4" and "--num-threads" not in cmd
     ran = []
     monkeypatch.setattr(subprocess, "call", lambda c: ran.append(c) or 0)
     assert cli.main(["app", "--port", "5123"]) == 0
