@@ -107,7 +107,7 @@ def _ship_best(ablation: Mapping[str, Any] | None, dest: Path, seed: int, log: C
                ) -> dict[str, Any]:
     """Copy the pre-trained weights of the method chosen on validation (first seed) to ``dest``."""
     from mlcm_core.evaluate.ablation import select_method
-    from mlcm_core.train.checkpoint import export_checkpoint
+    from mlcm_core.train.checkpoint import export_checkpoint, read_checkpoint_info
 
     if not ablation:
         raise ValueError("--ship needs the ablation (do not pass --methods none)")
@@ -122,7 +122,8 @@ def _ship_best(ablation: Mapping[str, Any] | None, dest: Path, seed: int, log: C
     export_checkpoint(source, dest, extra_files=extra,
                       note={"method": choice["method"], "seed": seed, "selection": choice["criterion"]})
     log(f"[evaluate] shipped {choice['method']} seed {seed} ({source}) to {dest}")
-    return {**choice, "seed": seed, "source": str(source), "dest": str(dest), "run_eval": run["embedding"]}
+    return {**choice, "seed": seed, "source": str(source), "dest": str(dest), "run_eval": run["embedding"],
+            "weights_sha256": read_checkpoint_info(dest).files["model.safetensors"]}
 
 
 def _compare_retrieval(run_eval: Mapping[str, Any] | None, shipped_eval: Mapping[str, Any]) -> dict[str, Any]:

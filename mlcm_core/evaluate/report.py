@@ -256,7 +256,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
               (f"- Budget: `{budget.get('name', '?')}` (model `{budget.get('model')}`, pre-training "
               f"{budget.get('pretrain_epochs')} epochs, fine-tuning {budget.get('finetune_epochs')} epochs, "
               f"seeds {results.get('seeds', budget.get('seeds'))}, fine-tuning rows per target capped at "
-              f"{budget.get('finetune_max_rows') or 'no cap'})"),
+              f"{budget.get('finetune_max_rows') or 'no cap'}, pre-trained encoder fine-tuned at "
+              f"{budget.get('finetune_encoder_lr_mult', 0.1):g}x the head's learning rate)"),
               f"- Evaluation split: `{results.get('split', 'test')}`; wall time {_num(results.get('seconds'))} s",
               "- Command:", "", "```", str(results.get("command", "?")), "```", ""]
 
