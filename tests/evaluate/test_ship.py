@@ -16,22 +16,32 @@ def _cell(val: float, test: float) -> dict:
     return {"val_mae": val, "mean": test}
 
 
-def test_select_method_uses_validation_and_needs_every_modality():
+def _run(method: str, seed: int, val_mrr: list[float], test_mrr: float = 0.0) -> dict:
+    def rows(values):
+        return [{"query": "q", "gallery": str(k), "mrr": v} for k, v in enumerate(values)]
+    return {"method": method, "seed": seed, "embedding_val": {"retrieval": rows(val_mrr)},
+            "embedding": {"retrieval": rows([test_mrr])}}
+
+
+def test_select_method_uses_validation_retrieval_and_needs_every_modality():
     ablation = {"targets": ["a", "b"], "finetune": {
         "scratch": {"a": _cell(1.0, 1.0), "b": _cell(2.0, 2.0)},
-        "clip_crystal_dos": {"a": _cell(0.5, 9.0), "b": _cell(1.0, 9.0)},   # best on val, but crystal+DOS only
-        "all_pairs_clip": {"a": _cell(0.9, 0.1), "b": _cell(2.0, 0.1)},     # best on test: must not matter
         "tensor_clip": {"a": _cell(0.8, 5.0), "b": _cell(1.6, 5.0)},
-        "anchored_clip": {"a": _cell(0.1, 0.1)},                            # a target missing: not scored
-    }}
+        "anchored_clip": {"a": _cell(0.1, 0.1)},  # a target missing: no fine-tuning score
+    }, "runs": [
+        _run("scratch", 0, [0.05, 0.05]),
+        _run("clip_crystal_dos", 0, [0.9, 0.9]),         # best on val, but crystal+DOS only
+        _run("all_pairs_clip", 0, [0.1, 0.2], 0.99),     # best on test: must not matter
+        _run("tensor_clip", 0, [0.3, 0.5]), _run("tensor_clip", 1, [0.2, 0.2]),  # mean of seeds 0.4, 0.2 = 0.3
+        _run("anchored_clip", 0, [0.25, 0.25]),
+    ]}
     choice = select_method(ablation)
-    assert choice["method"] == "tensor_clip" and choice["score"] == pytest.approx(0.8)
-    assert choice["best_any"] == "clip_crystal_dos" and choice["scores"]["scratch"] == 1.0
-    assert choice["scores"]["all_pairs_clip"] == pytest.approx(0.95) and "anchored_clip" not in choice["scores"]
-    assert set(choice["candidates"]) == {"all_pairs_clip", "tensor_clip"}
+    assert choice["scores"]["tensor_clip"] == pytest.approx(0.3) and choice["method"] == "tensor_clip"
+    assert choice["scores"]["all_pairs_clip"] == pytest.approx(0.15)
+    assert set(choice["candidates"]) == {"all_pairs_clip", "tensor_clip", "anchored_clip"}
+    assert choice["finetune_scores"] == {"scratch": 1.0, "tensor_clip": pytest.approx(0.8)}
     with pytest.raises(ValueError, match="no pre-training method"):
-        select_method({"targets": ["a"], "finetune": {"scratch": {"a": _cell(1, 1)},
-                                                      "clip_crystal_dos": {"a": _cell(0.5, 0.5)}}})
+        select_method({"targets": [], "finetune": {}, "runs": [_run("clip_crystal_dos", 0, [0.5])]})
 
 
 def test_evaluate_ships_the_chosen_run_and_reproduces_it(tiny_store, tmp_path, monkeypatch):
