@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "sha256_file", "staged_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "cached_json", "sha256_file", "staged_dir"]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -69,3 +70,21 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def cached_json(path: str | Path, key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``, or the result stored at ``path`` under the same key, so a resumed job skips finished work.
+
+    ``key`` is compared after a JSON round trip (tuples become lists); ``compute`` must return JSON-ready values.
+    A stored result under another key is recomputed and replaced, atomically.
+    """
+    path = Path(path)
+    key = json.loads(json.dumps(key, default=str))
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("key") == key:
+            return data["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"key": key, "result": result}))
+    return result

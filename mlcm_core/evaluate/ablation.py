@@ -295,23 +295,16 @@ def _evaluate_cached(model: Any, store: DatasetStore, split: str, budget: Budget
     Why: re-running an evaluation (to add the shipped checkpoint, or after a kill) should not embed every
     run again; the key holds the weights' SHA-256 (the seed's random init for scratch) and the split's rows.
     """
-    from mlcm_core.io import atomic_write_text, sha256_file
+    from mlcm_core.io import cached_json, sha256_file
 
     t = store.table
     weights = sha256_file(Path(ckpt) / "model.safetensors") if ckpt is not None and \
         (Path(ckpt) / "model.safetensors").exists() else f"random-init seed {seed}"
-    key = _plain({"weights": weights, "split": split, "rows": _digest(sorted(t.loc[t["split"] == split, "id"])),
-                  "rank_max_rows": budget.rank_max_rows, "inverse_ks": budget.inverse_ks,
-                  "inverse_random_seeds": budget.inverse_random_seeds, "seed": seed})
-    path = cache_dir / f"evaluate_embedding_{split}.json"
-    if path.exists():
-        data = json.loads(path.read_text())
-        if data.get("key") == key:
-            return data["result"]
-    result = _evaluate(model, store, split, budget, seed)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"key": key, "result": _plain(result)}))
-    return result
+    key = {"weights": weights, "split": split, "rows": _digest(sorted(t.loc[t["split"] == split, "id"])),
+           "rank_max_rows": budget.rank_max_rows, "inverse_ks": budget.inverse_ks,
+           "inverse_random_seeds": budget.inverse_random_seeds, "seed": seed}
+    return cached_json(cache_dir / f"evaluate_embedding_{split}.json", key,
+                       lambda: _plain(_evaluate(model, store, split, budget, seed)))
 
 
 def _one_method_seed(store: DatasetStore, finetune_store: DatasetStore, method: Method, seed: int, budget: Budget,

@@ -87,22 +87,6 @@ def _data_counts(store: DatasetStore) -> dict[str, dict[str, int]]:
     return out
 
 
-def _cached(path: Path, key: Mapping[str, Any], compute: Callable[[], Any]) -> Any:
-    """``compute()``, or its earlier result stored at ``path`` under the same key (a resumed run skips it)."""
-    from mlcm_core.evaluate.report import jsonable
-    from mlcm_core.io import atomic_write_text
-
-    key = json.loads(json.dumps(jsonable(key), default=str))
-    if path.exists():
-        data = json.loads(path.read_text())
-        if data.get("key") == key:
-            return data["result"]
-    result = jsonable(compute())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"key": key, "result": result}))
-    return result
-
-
 def _ship_best(ablation: Mapping[str, Any] | None, dest: Path, seed: int, log: Callable[[str], None]
                ) -> dict[str, Any]:
     """Copy the pre-trained weights of the method chosen on validation (first seed) to ``dest``."""
@@ -152,6 +136,8 @@ def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | No
     from mlcm_core.evaluate.ablation import eval_device, run_ablation
     from mlcm_core.evaluate.baseline import magpie_rf_over_seeds
     from mlcm_core.evaluate.model_eval import evaluate_model
+    from mlcm_core.evaluate.report import jsonable
+    from mlcm_core.io import cached_json
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     start = time.perf_counter()
@@ -171,9 +157,9 @@ def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | No
         key = {"targets": targets, "seeds": seeds, "n_estimators": budget.rf_n_estimators, "grid": budget.rf_grid,
                "max_train_rows": budget.finetune_max_rows, "store_manifest": results["store"]["manifest_sha256"]}
         run_root = run_dir if run_dir is not None else Path("var") / "runs" / "evaluate" / budget.name
-        results["baseline"] = _cached(run_root / "baseline.json", key, lambda: magpie_rf_over_seeds(
-            store, targets, seeds, n_estimators=budget.rf_n_estimators, grid=budget.rf_grid,
-            max_train_rows=budget.finetune_max_rows))
+        results["baseline"] = cached_json(run_root / "baseline.json", jsonable(key), lambda: jsonable(
+            magpie_rf_over_seeds(store, targets, seeds, n_estimators=budget.rf_n_estimators, grid=budget.rf_grid,
+                                 max_train_rows=budget.finetune_max_rows)))
     if methods:
         results["ablation"] = run_ablation(store, list(methods), seeds, budget, out_dir=run_dir, targets=targets,
                                            compare=comparison, split=split, log=log).to_dict()
