@@ -50,6 +50,7 @@ __all__ = [
     "Budget",
     "Method",
     "compare_modalities",
+    "default_run_dir",
     "eval_device",
     "restrict_rows",
     "run_ablation",
@@ -165,6 +166,11 @@ BUDGETS: dict[str, Budget] = {
     # schedule (100 epochs, patience 20), every row, 3 seeds
     "full": Budget(name="full"),
 }
+
+
+def default_run_dir(budget: Budget) -> Path:
+    """Where a budget's runs (and cached evaluations) go unless told otherwise: var/runs/evaluate/<name>."""
+    return Path("var") / "runs" / "evaluate" / budget.name
 
 
 def restrict_rows(store: DatasetStore, ids: Iterable[str]) -> DatasetStore:
@@ -507,7 +513,7 @@ def run_ablation(store: DatasetStore, methods: Sequence[str] = DEFAULT_METHODS, 
         raise KeyError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
     seeds = list(budget.seeds if seeds is None else seeds)
     targets = list(budget.targets if targets is None else targets)
-    out = Path(out_dir) if out_dir is not None else Path("var") / "runs" / "evaluate" / budget.name
+    out = Path(out_dir) if out_dir is not None else default_run_dir(budget)
     runs: list[dict[str, Any]] = []
     for seed in seeds:
         for name in methods:

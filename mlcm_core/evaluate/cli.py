@@ -133,7 +133,7 @@ def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | No
     copied to ``ship`` (the app's default checkpoint), which is then the evaluated checkpoint: its retrieval
     numbers must equal those of the run it was copied from (recorded as ``shipped.reproduces_run``).
     """
-    from mlcm_core.evaluate.ablation import eval_device, run_ablation
+    from mlcm_core.evaluate.ablation import default_run_dir, eval_device, run_ablation
     from mlcm_core.evaluate.baseline import magpie_rf_over_seeds
     from mlcm_core.evaluate.model_eval import evaluate_model
     from mlcm_core.evaluate.report import jsonable
@@ -156,7 +156,7 @@ def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | No
         log("[evaluate] Magpie + random forest baseline")
         key = {"targets": targets, "seeds": seeds, "n_estimators": budget.rf_n_estimators, "grid": budget.rf_grid,
                "max_train_rows": budget.finetune_max_rows, "store_manifest": results["store"]["manifest_sha256"]}
-        run_root = run_dir if run_dir is not None else Path("var") / "runs" / "evaluate" / budget.name
+        run_root = run_dir if run_dir is not None else default_run_dir(budget)
         results["baseline"] = cached_json(run_root / "baseline.json", jsonable(key), lambda: jsonable(
             magpie_rf_over_seeds(store, targets, seeds, n_estimators=budget.rf_n_estimators, grid=budget.rf_grid,
                                  max_train_rows=budget.finetune_max_rows)))
