@@ -9,6 +9,7 @@ rendered, never changed by the app) out of the update.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -52,26 +53,44 @@ def _leaf_plots(plot: Any):
         yield from _leaf_plots(sub)
 
 
-def push_layers(pane: pn.pane.HoloViews, elements: dict[str, Any]) -> int:
+def push_layers(pane: pn.pane.HoloViews, elements: dict[str, Any], keys: dict[str, Any] | None = None) -> int:
     """Put new elements' data straight into the data sources of the layers with those labels; returns how
     many sources changed.
 
     Why not let HoloViews refresh the plot: a stream on one layer re-renders every layer of the overlay
     (their ranges, the map's hover points and image), ~0.1-0.2 s per change, and re-sends unchanged data.
-    The layers' own callbacks read the current state, so a later HoloViews refresh (zoom) draws the same."""
+    The layers' own callbacks read the current state, so a later HoloViews refresh (zoom) draws the same.
+
+    ``elements`` values may be zero-argument factories, built only when sent. ``keys`` (label -> a hashable
+    summary of the layer's content, e.g. the material id shown) skips a layer whose key equals the one last
+    sent to that source: an empty slot or an unchanged curve is neither rebuilt nor re-sent."""
     changed = 0
+    seen: set[str] = set()  # a pane can list the same plot under two roots: send each source's data once
     for plot, _pane in list(pane._plots.values()):
         for sub in _leaf_plots(plot):
             frame = getattr(sub, "current_frame", None)
             source = getattr(sub, "handles", {}).get("source")
-            if frame is None or source is None or frame.label not in elements:
+            if frame is None or source is None or frame.label not in elements or source.id in seen:
+                continue
+            seen.add(source.id)
+            key = (keys or {}).get(frame.label, _NO_KEY)
+            if key is not _NO_KEY and _SENT.get(source) == key:
                 continue
             element = elements[frame.label]
+            element = element() if callable(element) else element
             data, _mapping, _style = sub.get_data(element, {}, {})
             sub.current_frame = element
             on_document(source.document, partial(source.update, data=dict(data)))
+            if key is not _NO_KEY:
+                _SENT[source] = key
+            else:
+                _SENT.pop(source, None)
             changed += 1
     return changed
+
+
+_NO_KEY = object()
+_SENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # source model -> key of the data it holds
 
 
 def on_document(doc: Any, change: Callable[[], None]) -> None:

@@ -46,7 +46,9 @@ class CandidatesView(pn.viewable.Viewer):
         labels = [c for c in self.state.param.range_column.objects if c.endswith(("_pbe", "_gllbsc", "_rpbe"))]
         if df is None or df.empty:
             return pd.DataFrame({c: [] for c in ["rank", "id", "formula", "score"]})
-        return df.reindex(columns=cols + labels).round(4)
+        bare = df.copy(deep=False)
+        bare.attrs = {}  # the query (with a 601-point target DOS) would be deep-copied by every pandas step below
+        return bare.reindex(columns=cols + labels).round(4)
 
     def _title_text(self) -> str:
         c = self.state.candidates

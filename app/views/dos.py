@@ -79,18 +79,19 @@ class DOSView(pn.viewable.Viewer):
                          f"margin-right:3px'></span>{label}</span>")
         return f"<div style='font-size:11px'>{''.join(items)}</div>"
 
-    def _slot_elements(self, curves: list[dict]) -> dict[str, hv.Curve]:
-        """MAX_CURVES curve layers labelled slot0..slot7 (an overlay keeps its layers); unused slots are empty."""
-        out = {}
-        for k in range(MAX_CURVES):
+    def _slot_elements(self, curves: list[dict], lazy: bool = False) -> dict:
+        """MAX_CURVES curve layers labelled slot0..slot7 (an overlay keeps its layers); unused slots are empty.
+        ``lazy``: factories instead of elements (push_layers builds only the slots it sends)."""
+        def element(k: int) -> hv.Curve:
             if k < len(curves):
                 c = curves[k]
                 data = pd.DataFrame({"E": DOS_ENERGIES, "DOS": np.asarray(c["dos"], np.float64), "id": c["id"]})
             else:
                 data = pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float), "id": np.array([], str)})
-            out[f"slot{k}"] = hv.Curve(data, hv.Dimension("E", label=X_LABEL),
-                                       [hv.Dimension("DOS", label=Y_LABEL), "id"], label=f"slot{k}")
-        return out
+            return hv.Curve(data, hv.Dimension("E", label=X_LABEL), [hv.Dimension("DOS", label=Y_LABEL), "id"],
+                            label=f"slot{k}")
+
+        return {f"slot{k}": partial(element, k) if lazy else element(k) for k in range(MAX_CURVES)}
 
     def _overlay(self) -> hv.Overlay:
         """The current curves (the DynamicMap's callback: HoloViews calls it when it renders the plot)."""
@@ -112,7 +113,9 @@ class DOSView(pn.viewable.Viewer):
         if self._plot_pane is None or not self._plot_pane._plots:
             return
         curves = self.curves(ids, focus)
-        push_layers(self._plot_pane, self._slot_elements(curves))
+        elements = self._slot_elements(curves, lazy=True)
+        push_layers(self._plot_pane, elements, keys={f"slot{k}": curves[k]["id"] if k < len(curves) else None
+                                                     for k in range(MAX_CURVES)})
         top = max((float(np.max(c["dos"])) for c in curves), default=1.0)
         for handles in plot_handles(self._plot_pane):
             y_range = handles.get("y_range")

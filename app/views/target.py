@@ -9,6 +9,8 @@ that have one) are overlaid on the target, scaled to the target's mean (the DOS 
 
 from __future__ import annotations
 
+from functools import partial
+
 import holoviews as hv
 import holoviews.plotting.bokeh
 import numpy as np
@@ -25,6 +27,13 @@ MAX_OVERLAID = 8
 Y_MAX = 10.0
 WIDTH, HEIGHT = 560, 330
 COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _curve_key(curve: dict | None) -> tuple | None:
+    """What identifies a target or validation curve's data (its label and values)."""
+    if not curve:
+        return None
+    return curve.get("label"), hash(np.asarray(curve["dos"], np.float64).tobytes())
 
 
 def _scaled(curve: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -72,18 +81,21 @@ class TargetDOSView(pn.viewable.Viewer):
         return [{"x": DOS_ENERGIES, "y": _scaled(c, ref) if ref is not None else c, "id": i,
                  "color": COLORS[k % len(COLORS)]} for k, (i, c) in enumerate(zip(ids, curves))]
 
-    def _candidate_slots(self, candidates=None, target=None) -> dict[str, hv.Curve]:
-        """A fixed number of curve slots cand0..cand7 (an overlay keeps its layers); unused slots are empty."""
+    def _candidate_slots(self, candidates=None, target=None, lazy: bool = False) -> dict:
+        """A fixed number of curve slots cand0..cand7 (an overlay keeps its layers); unused slots are empty.
+        ``lazy``: factories instead of elements (push_layers builds only the slots it sends)."""
         curves = self.candidate_curves(candidates, target)
-        out = {}
-        for k in range(MAX_OVERLAID):
+
+        def element(k: int) -> hv.Curve:
             if k < len(curves):
                 c = curves[k]
                 data = pd.DataFrame({"E": DOS_ENERGIES, "DOS": c["y"], "id": c["id"]})
             else:
                 data = pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float), "id": np.array([], str)})
-            out[f"cand{k}"] = hv.Curve(data, "E", ["DOS", "id"], label=f"cand{k}")
-        return out
+            return hv.Curve(data, "E", ["DOS", "id"], label=f"cand{k}")
+
+        self._slot_ids = [c["id"] for c in curves]
+        return {f"cand{k}": partial(element, k) if lazy else element(k) for k in range(MAX_OVERLAID)}
 
     def _validation_curve(self, validation=None, target=None):
         if not validation:
@@ -107,8 +119,14 @@ class TargetDOSView(pn.viewable.Viewer):
         if not self._plot._plots:
             return
         s = self.state
-        push_layers(self._plot, {**self._candidate_slots(s.candidates, s.target), "target": self._target_curve(s.target),
-                                 "validation": self._validation_curve(s.validation, s.target)})
+        slots = self._candidate_slots(s.candidates, s.target, lazy=True)
+        # candidates are drawn scaled to the target, so every key includes the target's
+        target = _curve_key(s.target)
+        keys = {f"cand{k}": (i, target) for k, i in enumerate(self._slot_ids)}
+        keys.update({f"cand{k}": None for k in range(len(self._slot_ids), MAX_OVERLAID)})
+        keys.update(target=target, validation=(_curve_key(s.validation), target) if s.validation else None)
+        push_layers(self._plot, {**slots, "target": partial(self._target_curve, s.target),
+                                 "validation": partial(self._validation_curve, s.validation, s.target)}, keys)
 
     def _build(self):
         layers = hv.DynamicMap(Callable(self._layers_now, memoize=False))
