@@ -283,12 +283,8 @@ class AppState(param.Parameterized):
 
     def browse_table(self, ids: list[str] | None = None) -> pd.DataFrame:
         """The columns a scientist scans first: identity, symmetry, modalities, split, labels."""
-        t = self.table
-        labels = [c for c in LABELS if c in t and pd.to_numeric(t[c], errors="coerce").notna().any()]
-        out = t[TABLE_COLUMNS + labels]
-        if ids is not None:
-            out = out.set_index("id").reindex(ids).reset_index()
-        return out
+        base = _browse_base(self.dataset_path)
+        return (base if ids is None else base.reindex(ids)).reset_index()  # a selection keeps its order
 
     def label_card(self, material_id: str) -> pd.DataFrame:
         """Known labels of one material with their unit, level of theory and source."""
@@ -494,6 +490,15 @@ class AppState(param.Parameterized):
 def _indexed(dataset_path: str) -> pd.DataFrame:
     """The store table by id, without the structure JSON (half its memory; structures come from the store)."""
     return open_dataset(dataset_path).table.drop(columns=["structure_json"], errors="ignore").set_index("id")
+
+
+@pn.cache(max_items=2)
+def _browse_base(dataset_path: str) -> pd.DataFrame:
+    """browse_table's columns, indexed by id for selections (built once per store and process: a lasso
+    re-reads only its rows)."""
+    t = open_dataset(dataset_path).table
+    labels = [c for c in LABELS if c in t and pd.to_numeric(t[c], errors="coerce").notna().any()]
+    return t[TABLE_COLUMNS + labels].set_index("id")
 
 
 @pn.cache(max_items=8)
