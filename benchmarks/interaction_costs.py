@@ -71,6 +71,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         theta = np.linspace(0, 2 * np.pi, 20)
         dash.map._on_lasso(geometry=np.c_[cx + r * np.cos(theta), cy + r * np.sin(theta)])
 
+    x0, x1 = dash.map._xr
+    y0, y1 = dash.map._yr
+
+    def zoom() -> None:  # what the map's RangeXY stream receives on a zoom or pan (HoloViews re-renders the map)
+        f = rng.uniform(0.3, 0.9)
+        cx, cy = rng.uniform(x0 + f * (x1 - x0) / 2, x1 - f * (x1 - x0) / 2), rng.uniform(y0 + f * (y1 - y0) / 2, y1 - f * (y1 - y0) / 2)
+        dash.map._range.event(x_range=(cx - f * (x1 - x0) / 2, cx + f * (x1 - x0) / 2),
+                              y_range=(cy - f * (y1 - y0) / 2, cy + f * (y1 - y0) / 2))
+
     def cluster() -> None:
         dash.map.cluster = clusters[rng.integers(len(clusters))]
 
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         dash.target.use_material()
         dash.target.search()
 
-    actions = {"lasso": lasso, "cluster": cluster, "colour": colour, "focus": focus, "set_k": set_k,
+    actions = {"lasso": lasso, "zoom": zoom, "cluster": cluster, "colour": colour, "focus": focus, "set_k": set_k,
                "dos_search": dos_search}
     unknown = set(args.interactions) - set(actions)
     if unknown:

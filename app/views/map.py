@@ -22,6 +22,7 @@ import holoviews as hv
 import holoviews.plotting.bokeh
 import numpy as np
 import pandas as pd
+import xarray as xr
 import panel as pn
 import param
 from bokeh.palettes import Viridis256
@@ -85,17 +86,24 @@ def _grey_layer(state: AppState, cvs: ds.Canvas, view: tuple) -> tf.Image:
 
 
 def _shade_categories(agg, colours: dict[str, str], min_alpha: int) -> tf.Image:
-    """``tf.shade`` of a count_cat aggregate, computed on the bounding box of its non-empty pixels only (a
-    selection covers a small part of the map; the mixing over all categories was ~40 ms per full frame).
-    Identical to the full-frame result wherever a pixel is visible (empty pixels are transparent either way)."""
-    occupied = agg.data.any(axis=2)
-    rows, cols = np.flatnonzero(occupied.any(axis=1)), np.flatnonzero(occupied.any(axis=0))
-    out = np.zeros(occupied.shape, np.uint32)
-    if len(rows):
-        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        out[box] = tf.shade(agg[box], color_key=colours, min_alpha=min_alpha).data
+    """``tf.shade`` of a count_cat aggregate, computed on the occupied pixels only (~3 % of the frame; the
+    full-frame colour mixing took ~50 ms per change). Same colours (count-weighted mean of the category
+    colours, truncated to 8 bits) and alpha (eq_hist of the total count, via datashader itself); empty pixels
+    are transparent black instead of datashader's transparent mean colour, which nothing displays."""
+    counts = agg.data  # (height, width, category) counts
+    total = counts.sum(axis=2)
     dims = agg.dims[:2]
-    return tf.Image(out, coords={d: agg.coords[d] for d in dims}, dims=dims)
+    coords = {d: agg.coords[d] for d in dims}
+    out = np.zeros(total.shape, np.uint32)
+    occupied = total > 0
+    if occupied.any():
+        alpha = tf.shade(xr.DataArray(total, coords=coords, dims=dims), cmap="#000000", how="eq_hist",
+                         min_alpha=min_alpha).data >> 24
+        palette = np.array([tf.rgb(colours[c]) for c in agg.coords[agg.dims[2]].values], np.float32)  # (K, 3)
+        mixed = counts[occupied].astype(np.float32) @ palette / total[occupied, None]
+        r, g, b = mixed.astype(np.uint8).astype(np.uint32).T
+        out[occupied] = r | g << 8 | b << 16 | alpha[occupied].astype(np.uint32) << 24
+    return tf.Image(out, coords=coords, dims=dims)
 
 
 def _remember(key: tuple, value) -> None:

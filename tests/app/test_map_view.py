@@ -6,7 +6,7 @@ import holoviews as hv
 import numpy as np
 import pytest
 
-from app.views.map import COLOR_MODES, MapView
+from app.views.map import COLOR_MODES, MapView, _shade_categories, color_key
 
 
 @pytest.fixture
@@ -27,6 +27,29 @@ def test_every_colouring_renders_one_image(view, mode):
     pts, _col, kind = view.coloured(mode, view.prop, "O", [])
     assert len(pts) > 0 and kind in ("cat", "num", "flat")
     assert "grey" in view._legend_html()
+
+
+@pytest.mark.parametrize("column", ["crystal_system", "source"])
+def test_sparse_categorical_shading_equals_datashaders(state, column):
+    """The occupied-pixels-only mixing gives datashader's own colours and alphas wherever a pixel shows, on
+    the whole map and on a small selection."""
+    import datashader as ds
+    import datashader.transfer_functions as tf
+    import pandas as pd
+
+    f = state.frame
+    cats = list(f[column].cat.categories)
+    cvs = ds.Canvas(plot_width=300, plot_height=200, x_range=(float(f["x"].min()), float(f["x"].max())),
+                    y_range=(float(f["y"].min()), float(f["y"].max())))
+    for rows in (f, f.iloc[::37]):
+        pts = rows[["x", "y"]].assign(**{column: pd.Categorical(rows[column].astype(str), categories=cats)})
+        agg = cvs.points(pts, "x", "y", ds.count_cat(column))
+        ours = _shade_categories(agg, color_key(cats), min_alpha=90).data.view(np.uint8).reshape(200, 300, 4)
+        theirs = tf.shade(agg, color_key=color_key(cats), min_alpha=90).data.view(np.uint8).reshape(200, 300, 4)
+        visible = theirs[..., 3] > 0
+        assert visible.sum() > 100
+        np.testing.assert_array_equal(ours[visible], theirs[visible])
+        assert not ours[~visible].any()
 
 
 def test_unselected_points_are_greyed_not_hidden(view, state):
