@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     t0 = time.perf_counter()
     dash.template().server_doc(doc)
     print(f"session document: {len(doc.models)} models, built in {time.perf_counter() - t0:.2f} s (first, cold)")
+    from app.views.map import COLOR_MODES
+
+    some = state.frame["id"].iloc[:50].tolist()
+    for mode in COLOR_MODES:  # compile datashader's kernels, as app.warm.warm_views does in the server
+        dash.map._shade(color_by=mode, prop=dash.map.prop, element="O", selected_ids=[])
+        dash.map._shade(color_by=mode, prop=dash.map.prop, element="O", selected_ids=some)
     pending: list = []
     doc.callbacks.on_change(pending.append)
     protocol = Protocol()

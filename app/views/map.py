@@ -55,22 +55,20 @@ def _extent(f: pd.DataFrame) -> tuple[tuple[float, float], tuple[float, float]]:
             (float(f["y"].min()) - pad_y, float(f["y"].max()) + pad_y))
 
 
-def _rgba(rgb: hv.RGB) -> np.ndarray:
-    arr = np.dstack([rgb.dimension_values(d, flat=False) for d in rgb.vdims[:4]]).astype(np.float32)
-    return arr if arr.max() > 1.0 else arr * 255.0
-
-
-def _over(base: hv.RGB, top: hv.RGB) -> hv.RGB:
-    """``top`` composited over ``base`` ('over' alpha blending) on base's grid (same viewport and size)."""
-    b = _rgba(base)
-    t = _rgba(top)
-    if t.shape != b.shape:  # an empty top layer
-        return base
-    ta, ba = t[..., 3:] / 255.0, b[..., 3:] / 255.0
-    a = ta + ba * (1 - ta)
-    rgb = np.where(a > 0, (t[..., :3] * ta + b[..., :3] * ba * (1 - ta)) / np.maximum(a, 1e-6), 0)
-    out = np.dstack([rgb, a * 255.0]).clip(0, 255).astype(np.uint8)
-    return base.clone((*[base.dimension_values(k, expanded=False) for k in base.kdims], *np.moveaxis(out, 2, 0)))
+def _over(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """``src`` composited over ``dst`` (packed RGBA uint32): ``datashader.composite.over``'s float64 formula in
+    numpy, bit for bit, without its ~2.6 s numba compilation in every new server process."""
+    sr, sg, sb, sa = (((src >> shift) & 255) / 255 for shift in (0, 8, 16, 24))
+    dr, dg, db, da = (((dst >> shift) & 255) / 255 for shift in (0, 8, 16, 24))
+    factor = 1 - sa
+    a = sa + da * factor
+    with np.errstate(divide="ignore", invalid="ignore"):
+        channels = [(sr * sa + dr * da * factor) / a, (sg * sa + dg * da * factor) / a, (sb * sa + db * da * factor) / a, a]
+    out = np.zeros(src.shape, np.uint32)
+    for shift, c in zip((0, 8, 16, 24), channels):
+        out |= np.minimum(255, (np.nan_to_num(c) * 255).astype(np.uint32)) << np.uint32(shift)
+    out[a == 0] = 0
+    return out
 
 
 def _grey_layer(state: AppState, cvs: ds.Canvas, view: tuple) -> tf.Image:
@@ -230,7 +228,7 @@ class MapView(pn.viewable.Viewer):
                                span=self._value_span(col), how="linear", min_alpha=200)
             else:
                 top = tf.shade(cvs.points(pts, "x", "y", ds.count()), cmap=["#d62728", "#d62728"], min_alpha=200)
-            img = tf.stack(base, tf.dynspread(top, threshold=0.8, max_px=4), how="over")
+            img = base.copy(data=_over(tf.dynspread(top, threshold=0.8, max_px=4).data, base.data))
         return _rgb_element(img, xr, yr)
 
     def _hover_points(self):

@@ -6,7 +6,7 @@ import holoviews as hv
 import numpy as np
 import pytest
 
-from app.views.map import COLOR_MODES, MapView, _shade_categories, color_key
+from app.views.map import COLOR_MODES, MapView, _over, _shade_categories, color_key
 
 
 @pytest.fixture
@@ -50,6 +50,18 @@ def test_sparse_categorical_shading_equals_datashaders(state, column):
         assert visible.sum() > 100
         np.testing.assert_array_equal(ours[visible], theirs[visible])
         assert not ours[~visible].any()
+
+
+def test_over_is_datashaders_over_bit_for_bit():
+    import datashader.transfer_functions as tf
+
+    rng = np.random.default_rng(0)
+    src, dst = (rng.integers(0, 2**32, size=(60, 70), dtype=np.uint32) for _ in range(2))
+    src[:10] &= 0x00FFFFFF  # fully transparent source pixels
+    dst[:5] = 0
+    src[:5, :5] = 0  # both transparent
+    theirs = tf.stack(tf.Image(dst, dims=["y", "x"]), tf.Image(src, dims=["y", "x"]), how="over").data
+    np.testing.assert_array_equal(_over(src, dst), theirs)
 
 
 def test_unselected_points_are_greyed_not_hidden(view, state):
