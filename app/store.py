@@ -252,6 +252,7 @@ class AppState(param.Parameterized):
     def __init__(self, **params):
         super().__init__(**params)
         self.session_id = uuid.uuid4().hex[:12]
+        self._candidates_key: tuple | None = None  # the query whose result `candidates` holds
         t = self.table
         self.param.range_column.objects = ["(none)", *property_columns(t)]
         self.param.sources.objects = sorted(t["source"].dropna().astype(str).unique().tolist())
@@ -398,6 +399,10 @@ class AppState(param.Parameterized):
         DOS searched again, or by another session, costs no model embedding."""
         t = time.perf_counter()
         key = self._query_key(targets)
+        if key is not None and key == self._candidates_key and origin == self.candidates_origin:
+            # the same search again: the same result is already shown, so nothing is recomputed or re-sent
+            self.notify(f"{len(self.candidates)} candidates for {origin} (unchanged)", "success")
+            return self.candidates
         with _QUERY_LOCK:
             res = _QUERY_CACHE.get(key) if key is not None else None
             if res is not None:
@@ -414,6 +419,7 @@ class AppState(param.Parameterized):
                     while len(_QUERY_CACHE) > QUERY_CACHE_SIZE:
                         _QUERY_CACHE.popitem(last=False)
         res = res.copy()  # sessions never share a mutable frame
+        self._candidates_key = key
         self.param.update(candidates=res, candidates_origin=origin)
         self.notify(f"{len(res)} candidates for {origin} ({time.perf_counter() - t:.2f} s)", "success")
         return res

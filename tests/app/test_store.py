@@ -91,14 +91,21 @@ def test_nearest(state):
 
 
 def test_a_repeated_query_comes_from_the_process_cache(state, monkeypatch):
-    """The same DOS target with the same settings is embedded once per process (app.store.run_query)."""
+    """The same DOS target with the same settings is embedded once per process (app.store.run_query); in the
+    same session it is not even re-sent: the shown result stays, no view is redrawn."""
+    from app.store import AppState
+
     mid = state.table.loc[state.table["has_dos"], "id"].iloc[0]
     dos = state.dataset.dos([mid])[0]
     first = state.run_query("test", dos=dos)
-    calls = []
+    calls, redraws = [], []
     monkeypatch.setattr(type(state.explorer), "query", lambda *a, **k: calls.append(1))
-    again = state.run_query("test", dos=dos)
+    state.param.watch(lambda e: redraws.append(e.name), "candidates")
+    assert state.run_query("test", dos=dos) is first and redraws == [] and calls == []
+    other = AppState(explore_path=state.explore_path)  # another session: from the process cache, its own copy
+    again = other.run_query("test", dos=dos)
     assert calls == [] and again["id"].tolist() == first["id"].tolist() and again is not first
+    assert state.run_query("another origin", dos=dos) is not first and redraws == ["candidates"]
     state.k = state.k + 1  # other settings: computed again
     with pytest.raises(AttributeError):  # the patched query returns None
         state.run_query("test", dos=dos)
