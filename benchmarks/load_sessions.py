@@ -16,8 +16,10 @@ document deserialises):
    benchmark runs (found by title/label/CSS class; whatever is missing is skipped and reported): colour the
    map by another quantity, pick a cluster, zoom/pan the map (new x/y ranges: datashader re-rasterizes),
    lasso-select a random polygon (a ``SelectionGeometry`` event, as the lasso tool sends), focus a random row
-   of the materials table (structure, DOS, density and property views update), set k, and the DOS search
-   (focus a material with a DOS on the table's page, "Use this material's DOS", "Search with target": a model
+   of the materials table (structure, DOS, density and property views update), set k, draw a target DOS (a
+   random smooth stroke across -10..10 eV written into the freehand-draw tool's source, as BokehJS does when a
+   stroke ends: the app resamples it, sets it as the target and searches), and the DOS search (focus a
+   material with a DOS on the table's page, "Use this material's DOS", "Search with target": a model
    embedding + exact top-k; the three requests are timed together).
    If none of these exist, it falls back to changing any Select/Slider value.
    Latency of an interaction = from sending its PATCH-DOC to the server's OK for it. The server handles a
@@ -385,6 +387,11 @@ class Session:
             search = self.find(("Button",), label="search")
             if use is not None and search is not None:
                 found["dos_search"] = lambda: self._dos_search(table, use, search, on_debug, on_status)
+        target_fig = self.find(("figure", "Plot"), title="target dos")
+        draw = self._draw_source(target_fig)
+        if draw is not None:  # done when the drawn target's curve arrives (the search's changes come with it)
+            curves = {r.data_source.id for r in target_fig.renderers if r.data_source is not draw}
+            found["draw_dos"] = lambda: self._draw(draw, lambda changed: bool(curves & changed))
         k = self.find(("Slider", "IntSlider", "Spinner"), title=r"\bk\b")
         if k is not None:
             found["set_k"] = lambda: self.change("set_k", k, value=self.rng.choice([v for v in (10, 25, 50) if v != k.value]))
@@ -405,6 +412,27 @@ class Session:
             if type(getattr(r, "glyph", None)).__name__ == "ImageRGBA":
                 return r.data_source
         return None
+
+    @staticmethod
+    def _draw_source(fig):
+        """The data source the target figure's FreehandDrawTool writes its strokes into, or None."""
+        tools = getattr(getattr(fig, "toolbar", None), "tools", []) if fig is not None else []
+        for t in tools:
+            if type(t).__name__ == "FreehandDrawTool" and t.renderers:
+                return t.renderers[0].data_source
+        return None
+
+    def _draw(self, source, until=None) -> None:
+        """What BokehJS sends when a freehand stroke ends: the stroke's points in the draw source (HoloViews'
+        FreehandDraw stream picks them up; the app resamples the curve, sets it as target and searches).
+        A random smooth DOS-like stroke drawn left to right across -10..10 eV."""
+        import math
+
+        n = self.rng.randint(30, 80)
+        peaks = [(self.rng.uniform(-8, 8), self.rng.uniform(0.5, 2.5), self.rng.uniform(1, 6)) for _ in range(3)]
+        xs = [-10 + 20 * i / (n - 1) for i in range(n)]
+        ys = [sum(h * math.exp(-((x - c) / w) ** 2) for c, w, h in peaks) + 0.2 for x in xs]
+        self.change("draw_dos", source, until, data={"xs": [xs], "ys": [ys]})
 
     def _option(self, select) -> str:
         """Another option than the current one; never the empty choice (e.g. "no cluster": nothing happens)."""
