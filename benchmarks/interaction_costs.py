@@ -104,7 +104,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         dash.target.use_material()
         dash.target.search()
 
-    actions = {"lasso": lasso, "zoom": zoom, "cluster": cluster, "colour": colour, "focus": focus, "set_k": set_k,
+    def draw() -> None:  # a freehand stroke ends: resample, set the target, search (as load_sessions.py draws)
+        xs = np.linspace(-10, 10, int(rng.integers(30, 80)))
+        peaks = rng.uniform([-8, 0.5, 1], [8, 2.5, 6], size=(3, 3))
+        ys = sum(h * np.exp(-(((xs - c) / w) ** 2)) for c, w, h in peaks) + 0.2
+        dash.target._on_draw(data={"xs": [xs.tolist()], "ys": [ys.tolist()]})
+
+    actions = {"lasso": lasso, "zoom": zoom, "draw": draw, "cluster": cluster, "colour": colour, "focus": focus, "set_k": set_k,
                "dos_search": dos_search}
     unknown = set(args.interactions) - set(actions)
     if unknown:

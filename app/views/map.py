@@ -1,9 +1,10 @@
 """The embedding map: a datashaded UMAP of every material, lasso/box/click selection, clusters, overlays.
 
-Rendering: ``hv.Points`` of all map positions, aggregated by datashader (``rasterize`` + ``shade`` +
-``dynspread`` from ``holoviews.operation.datashader``) for the current viewport (a ``RangeXY`` stream), so
-zoom and pan re-aggregate at full resolution. Two layers: every material in light grey, then the coloured
-layer (the selection when there is one, else everything): unselected materials are greyed, not hidden.
+Rendering: every map position aggregated by datashader (``Canvas.points``, ``shade``, ``dynspread``, called
+directly: HoloViews' operations cost several times more per change) into one ``hv.RGB`` for the current
+viewport (a ``RangeXY`` stream), so zoom and pan re-aggregate at full resolution. Two layers composited into
+that image: every material in light grey, then the coloured layer (the selection when there is one, else
+everything): unselected materials are greyed, not hidden.
 A decimated, invisible ``hv.Points`` layer on top carries the hover (id, formula) and the selection tools.
 
 Selection: the lasso (``hv.streams.Lasso``) and box (``hv.streams.BoundsXY``) polygons go to
@@ -22,13 +23,12 @@ import holoviews as hv
 import holoviews.plotting.bokeh
 import numpy as np
 import pandas as pd
-import xarray as xr
 import panel as pn
 import param
+import xarray
 from bokeh.palettes import Viridis256
 from holoviews.core.spaces import Callable
 from holoviews.operation import decimate
-from holoviews.operation.datashader import dynspread, rasterize, shade
 
 from app.panes import LiveHTML, push_layers
 from app.store import AppState, guarded
@@ -95,7 +95,7 @@ def _shade_categories(agg, colours: dict[str, str], min_alpha: int) -> tf.Image:
     out = np.zeros(total.shape, np.uint32)
     occupied = total > 0
     if occupied.any():
-        alpha = tf.shade(xr.DataArray(total, coords=coords, dims=dims), cmap="#000000", how="eq_hist",
+        alpha = tf.shade(xarray.DataArray(total, coords=coords, dims=dims), cmap="#000000", how="eq_hist",
                          min_alpha=min_alpha).data >> 24
         palette = np.array([tf.rgb(colours[c]) for c in agg.coords[agg.dims[2]].values], np.float32)  # (K, 3)
         mixed = counts[occupied].astype(np.float32) @ palette / total[occupied, None]
@@ -211,9 +211,9 @@ class MapView(pn.viewable.Viewer):
         return out
 
     def _shade_uncached(self, xr, yr, w, h, color_by, prop, element, selected_ids):
-        """datashader directly (Canvas, shade, dynspread, stack), not HoloViews' operations: the same
-        aggregation and colours at a fraction of the cost (the operations' parameter machinery took ~250 ms
-        of the ~300 ms per change; lasso, cluster and colour each re-shade)."""
+        """datashader directly, not HoloViews' operations: the same aggregation and colours at a fraction of
+        the cost (the operations' parameter machinery took most of the ~250 ms per change; lasso, cluster,
+        colour and zoom each re-shade)."""
         cvs = ds.Canvas(plot_width=w, plot_height=h, x_range=xr, y_range=yr)
         base = _grey_layer(self.state, cvs, (xr, yr, w, h))
         pts, col, kind = self.coloured(color_by, prop, element, list(selected_ids))

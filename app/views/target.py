@@ -51,6 +51,7 @@ class TargetDOSView(pn.viewable.Viewer):
 
     def __init__(self, **params):
         super().__init__(**params)
+        self._holding = False  # True while a change and the search it starts run: one redraw at the end
         self._draw_src = hv.DynamicMap(lambda clear_count: hv.Path([]),
                                        streams=[hv.streams.Params(self, ["clear_count"])]).opts(
             line_width=3, color="#ff7f0e", active_tools=["freehand_draw"])
@@ -116,7 +117,7 @@ class TargetDOSView(pn.viewable.Viewer):
 
     def _push(self, *_) -> None:
         """Send the changed curves' data only (app.panes.push_layers says why)."""
-        if not self._plot._plots:
+        if not self._plot._plots or self._holding:
             return
         s = self.state
         slots = self._candidate_slots(s.candidates, s.target, lazy=True)
@@ -149,9 +150,18 @@ class TargetDOSView(pn.viewable.Viewer):
         self.use_curve("drawn", np.asarray(xs, float), np.clip(np.asarray(ys, float), 0, None))
 
     def use_curve(self, label: str, x: np.ndarray, y: np.ndarray) -> None:
-        self.state.set_target(label, x, y)
-        if self.search_on_draw or label != "drawn":
+        if not (self.search_on_draw or label != "drawn"):
+            self.state.set_target(label, x, y)
+            return
+        # the search replaces the candidates at once: draw the curves once, not the old candidates rescaled
+        # to the new target first
+        self._holding = True
+        try:
+            self.state.set_target(label, x, y)
             self.search()
+        finally:
+            self._holding = False
+            self._push()
 
     @guarded("search")
     def search(self, *_):
