@@ -31,6 +31,25 @@ def test_a_drawn_stroke_returns_candidates(state):
     assert "Target (black dashed): **drawn**" in view._status_text()
 
 
+def test_a_rendered_target_view_sends_each_curve_once(state):
+    """A draw (target + the search it starts) sends each changed curve once; the same search again sends none
+    (app.panes.push_layers keys, TargetDOSView.use_curve holding the redraw)."""
+    from bokeh.document import Document
+
+    view = TargetDOSView(state=state)
+    doc = Document()
+    doc.add_root(view._plot.get_root(doc))
+    sent = []
+    doc.callbacks.on_change(lambda e: sent.append(getattr(e, "model", None)))
+    view._on_draw(data={"xs": [[-6, -3, 0, 2, 6]], "ys": [[1, 2, 5, 2, 1]]})
+    n_curves = len(view.candidate_curves(state.candidates, state.target))
+    sources = [m for m in sent if type(m).__name__ == "ColumnDataSource"]
+    assert n_curves > 0 and len(sources) == len({m.id for m in sources}) == n_curves + 1  # candidates + target
+    sent.clear()
+    view.search()  # the same search again: nothing to redraw
+    assert not [m for m in sent if type(m).__name__ == "ColumnDataSource"]
+
+
 def test_a_one_point_drawing_is_a_message_not_a_crash(state):
     view = TargetDOSView(state=state)
     view._on_draw(data={"xs": [[1.0]], "ys": [[2.0]]})
