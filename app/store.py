@@ -502,9 +502,9 @@ def _indexed(dataset_path: str) -> pd.DataFrame:
 def _browse_base(dataset_path: str) -> pd.DataFrame:
     """browse_table's columns, indexed by id for selections (built once per store and process: a lasso
     re-reads only its rows)."""
-    t = open_dataset(dataset_path).table
+    t = _indexed(dataset_path)  # the table by id, already held per process
     labels = [c for c in LABELS if c in t and pd.to_numeric(t[c], errors="coerce").notna().any()]
-    return t[TABLE_COLUMNS + labels].set_index("id")
+    return t[[c for c in TABLE_COLUMNS if c != "id"] + labels]
 
 
 @pn.cache(max_items=8)

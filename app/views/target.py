@@ -85,8 +85,10 @@ class TargetDOSView(pn.viewable.Viewer):
     def _candidate_slots(self, candidates=None, target=None, lazy: bool = False) -> dict:
         """A fixed number of curve slots cand0..cand7 (an overlay keeps its layers); unused slots are empty.
         ``lazy``: factories instead of elements (push_layers builds only the slots it sends)."""
-        curves = self.candidate_curves(candidates, target)
+        return self._slots(self.candidate_curves(candidates, target), lazy)
 
+    @staticmethod
+    def _slots(curves: list[dict], lazy: bool) -> dict:
         def element(k: int) -> hv.Curve:
             if k < len(curves):
                 c = curves[k]
@@ -95,7 +97,6 @@ class TargetDOSView(pn.viewable.Viewer):
                 data = pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float), "id": np.array([], str)})
             return hv.Curve(data, "E", ["DOS", "id"], label=f"cand{k}")
 
-        self._slot_ids = [c["id"] for c in curves]
         return {f"cand{k}": partial(element, k) if lazy else element(k) for k in range(MAX_OVERLAID)}
 
     def _validation_curve(self, validation=None, target=None):
@@ -120,13 +121,12 @@ class TargetDOSView(pn.viewable.Viewer):
         if not self._plot._plots or self._holding:
             return
         s = self.state
-        slots = self._candidate_slots(s.candidates, s.target, lazy=True)
+        curves = self.candidate_curves(s.candidates, s.target)
         # candidates are drawn scaled to the target, so every key includes the target's
         target = _curve_key(s.target)
-        keys = {f"cand{k}": (i, target) for k, i in enumerate(self._slot_ids)}
-        keys.update({f"cand{k}": None for k in range(len(self._slot_ids), MAX_OVERLAID)})
+        keys = {f"cand{k}": (curves[k]["id"], target) if k < len(curves) else None for k in range(MAX_OVERLAID)}
         keys.update(target=target, validation=(_curve_key(s.validation), target) if s.validation else None)
-        push_layers(self._plot, {**slots, "target": partial(self._target_curve, s.target),
+        push_layers(self._plot, {**self._slots(curves, lazy=True), "target": partial(self._target_curve, s.target),
                                  "validation": partial(self._validation_curve, s.validation, s.target)}, keys)
 
     def _build(self):
