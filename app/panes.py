@@ -14,6 +14,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import panel as pn
 from panel.io.state import set_curdoc
 
@@ -90,6 +92,28 @@ def push_layers(pane: pn.pane.HoloViews, elements: dict[str, Any], keys: dict[st
 
 
 _NO_KEY = object()
+
+
+def curve_slots(curves: list[tuple[str, np.ndarray]], x: np.ndarray, prefix: str, count: int,
+                kdim: Any = "E", vdim: Any = "DOS", lazy: bool = False) -> dict:
+    """``count`` curve layers labelled ``prefix0``... holding ``curves`` ((id, y) pairs, in order); unused slots
+    are empty curves.
+
+    Why fixed slots: an overlay keeps its layers, so a new selection only replaces slots' data (push_layers);
+    ``lazy`` gives factories instead of elements, so push_layers builds only the slots it sends."""
+    import holoviews as hv
+
+    def element(k: int) -> Any:
+        if k < len(curves):
+            mid, y = curves[k]
+            data = pd.DataFrame({"E": x, "DOS": np.asarray(y, np.float64), "id": mid})
+        else:
+            data = pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float), "id": np.array([], str)})
+        return hv.Curve(data, kdim, [vdim, "id"], label=f"{prefix}{k}")
+
+    return {f"{prefix}{k}": partial(element, k) if lazy else element(k) for k in range(count)}
+
+
 _SENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # source model -> key of the data it holds
 
 

@@ -14,12 +14,11 @@ from functools import partial
 import holoviews as hv
 import holoviews.plotting.bokeh  # registers the bokeh backend
 import numpy as np
-import pandas as pd
 import panel as pn
 import param
 from holoviews.core.spaces import Callable
 
-from app.panes import LiveHTML, on_document, plot_handles, push_layers
+from app.panes import LiveHTML, curve_slots, on_document, plot_handles, push_layers
 from app.store import AppState, ids_having
 from app.views.card import LabelCard  # noqa: F401  (kept importable from here)
 from mlcm_core.data.conventions import DOS_ENERGIES
@@ -79,19 +78,11 @@ class DOSView(pn.viewable.Viewer):
                          f"margin-right:3px'></span>{label}</span>")
         return f"<div style='font-size:11px'>{''.join(items)}</div>"
 
-    def _slot_elements(self, curves: list[dict], lazy: bool = False) -> dict:
-        """MAX_CURVES curve layers labelled slot0..slot7 (an overlay keeps its layers); unused slots are empty.
-        ``lazy``: factories instead of elements (push_layers builds only the slots it sends)."""
-        def element(k: int) -> hv.Curve:
-            if k < len(curves):
-                c = curves[k]
-                data = pd.DataFrame({"E": DOS_ENERGIES, "DOS": np.asarray(c["dos"], np.float64), "id": c["id"]})
-            else:
-                data = pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float), "id": np.array([], str)})
-            return hv.Curve(data, hv.Dimension("E", label=X_LABEL), [hv.Dimension("DOS", label=Y_LABEL), "id"],
-                            label=f"slot{k}")
-
-        return {f"slot{k}": partial(element, k) if lazy else element(k) for k in range(MAX_CURVES)}
+    @staticmethod
+    def _slot_elements(curves: list[dict], lazy: bool = False) -> dict:
+        """MAX_CURVES curve layers slot0..slot7 (app.panes.curve_slots)."""
+        return curve_slots([(c["id"], c["dos"]) for c in curves], DOS_ENERGIES, "slot", MAX_CURVES,
+                           hv.Dimension("E", label=X_LABEL), hv.Dimension("DOS", label=Y_LABEL), lazy)
 
     def _overlay(self) -> hv.Overlay:
         """The current curves (the DynamicMap's callback: HoloViews calls it when it renders the plot)."""

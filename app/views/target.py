@@ -19,7 +19,7 @@ import panel as pn
 import param
 from holoviews.core.spaces import Callable
 
-from app.panes import LiveMarkdown, push_layers
+from app.panes import LiveMarkdown, curve_slots, push_layers
 from app.store import AppState, UserError, guarded, parse_dos_csv
 from mlcm_core.data.conventions import DOS_E_MAX, DOS_E_MIN, DOS_ENERGIES
 
@@ -83,21 +83,12 @@ class TargetDOSView(pn.viewable.Viewer):
                  "color": COLORS[k % len(COLORS)]} for k, (i, c) in enumerate(zip(ids, curves))]
 
     def _candidate_slots(self, candidates=None, target=None, lazy: bool = False) -> dict:
-        """A fixed number of curve slots cand0..cand7 (an overlay keeps its layers); unused slots are empty.
-        ``lazy``: factories instead of elements (push_layers builds only the slots it sends)."""
+        """Curve slots cand0..cand7 (app.panes.curve_slots)."""
         return self._slots(self.candidate_curves(candidates, target), lazy)
 
     @staticmethod
     def _slots(curves: list[dict], lazy: bool) -> dict:
-        def element(k: int) -> hv.Curve:
-            if k < len(curves):
-                c = curves[k]
-                data = pd.DataFrame({"E": DOS_ENERGIES, "DOS": c["y"], "id": c["id"]})
-            else:
-                data = pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float), "id": np.array([], str)})
-            return hv.Curve(data, "E", ["DOS", "id"], label=f"cand{k}")
-
-        return {f"cand{k}": partial(element, k) if lazy else element(k) for k in range(MAX_OVERLAID)}
+        return curve_slots([(c["id"], c["y"]) for c in curves], DOS_ENERGIES, "cand", MAX_OVERLAID, lazy=lazy)
 
     def _validation_curve(self, validation=None, target=None):
         if not validation:
