@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One-command setup on a fresh Debian machine (CPU). Installs the CPU build of torch first, so that
-# nothing that depends on torch pulls a multi-GB CUDA build, then the package with every extra.
+# One-command setup on a fresh Debian machine (CPU), into the active Python (a virtual environment: see
+# README). Installs the CPU build of torch first, so that nothing that depends on torch pulls a multi-GB
+# CUDA build, then the exact versions of requirements/lock-cpu.txt (refresh: bash scripts/lock.sh), then
+# the package itself without re-resolving, and checks the result with `pip check`.
 # System packages (GPAW for the first-principles engine, Chromium for browser tests) come from apt
 # when this runs as root with apt-get available; pass --no-apt to skip them.
 set -euo pipefail
@@ -15,4 +17,6 @@ if [[ "${1:-}" != "--no-apt" ]] && command -v apt-get >/dev/null && { [[ $(id -u
   $SUDO apt-get install -y -qq gpaw gpaw-data chromium >/dev/null
 fi
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[all]"
+python -m pip install -q -r requirements/lock-cpu.txt
+python -m pip install -q --no-deps -e .
+python -m pip check

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mlcm_core.cli import main
 from tests.conftest import DEFAULT_STORE
 
@@ -61,3 +63,47 @@ def test_ingest_mp_without_key_is_a_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("MP_API_KEY", raising=False)
     assert main(["data", "ingest-mp", "mp-149", "--store", str(tmp_path / "ds")]) == 2
     assert "MP_API_KEY" in capsys.readouterr().err
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_mlcm_app_stops_with_its_server(sig, tmp_path):
+    """A signal to `mlcm app` stops the server: no `panel serve` is left answering on the port."""
+    import os
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mlcm_core.cli", "app", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not _port_open(port):
+            assert proc.poll() is None, f"mlcm app exited early:\n{log.read_text()[-3000:]}"
+            assert time.time() < deadline, "mlcm app did not listen within 180 s"
+            time.sleep(0.5)
+        proc.send_signal(getattr(signal, sig))  # to the process we started, not to its group
+        proc.wait(timeout=15)
+        deadline = time.time() + 5
+        while _port_open(port) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _port_open(port), f"port {port} still answers after {sig} to mlcm app"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group, if the test failed
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)

@@ -13,11 +13,26 @@ versions. ``UMAPProjection`` therefore keeps exactly what ``UMAP.transform`` nee
 
 ``transform`` re-implements umap 0.5's ``UMAP.transform`` with umap's own numba functions
 (``smooth_knn_dist``, ``compute_membership_strengths``, ``init_graph_transform``,
-``optimize_layout_euclidean``), with one change: the k nearest training points are found by an EXACT
-cosine search (faiss inner product on unit vectors) instead of the approximate NN-descent index. The fit
-uses the same exact neighbours (passed to UMAP as ``precomputed_knn``), so fitting and transforming agree.
-For small training sets umap itself computes exact neighbours, and the transform then equals
-``UMAP.transform`` (tests/explore/test_projection.py checks this).
+``optimize_layout_euclidean``), with two changes:
+
+* the k nearest training points are found by an EXACT cosine search (faiss inner product on unit vectors)
+  instead of the approximate NN-descent index. The fit uses the same exact neighbours (passed to UMAP as
+  ``precomputed_knn``), so fitting and transforming agree.
+* placement is a function of the vector's value, not of its last bits. umap (>= 0.5.4) seeds each new
+  point's negative sampling with the raw bit pattern of its initial x coordinate
+  (``rng_state + head_embedding[:, 0].view(int64)`` in ``optimize_layout_euclidean``), so two vectors equal
+  to float32 rounding (the same structure embedded by two code paths) drew different negatives and landed
+  up to 0.1 map units apart (measured: 19 % of 1e-7 relative perturbations moved a shipped material,
+  ``benchmarks/place_stability.py``). ``transform`` therefore rounds the unit vectors to float16 (the
+  precision the map's training vectors and the stored embeddings are kept at) and the initial positions to
+  a grid of ``INIT_QUANTUM`` map units before the optimisation, and weighs each point's edges against its
+  own strongest edge (umap: the batch's), with its k similarities recomputed row by row (faiss rounds a
+  single query and a batch differently), so a point lands where it would if placed alone (batches of up
+  to 10,000; larger ones get umap's 30 epochs instead of 100).
+
+For small training sets umap itself computes exact neighbours, and the transform then agrees with
+``UMAP.transform`` closely but not bit for bit: umap's own float64 distances already seed other negatives
+than our float32 ones (tests/explore/test_projection.py checks the agreement and the stability).
 
 Other modalities: a DOS- or density-only material is placed at the similarity-weighted mean of the map
 positions of its top-k most similar crystals (``place_by_neighbours``; weights = cosine similarities
@@ -37,11 +52,13 @@ import numpy as np
 from mlcm_core.explore.embed import atomic_write, sha256_file
 from mlcm_core.explore.index import TopKIndex
 
-__all__ = ["PROJECTION_FILE", "UMAPProjection", "exact_cosine_knn", "place_by_neighbours"]
+__all__ = ["INIT_QUANTUM", "PROJECTION_FILE", "UMAPProjection", "exact_cosine_knn", "place_by_neighbours"]
 
 PROJECTION_FILE = "projection.npz"
 EXACT_KNN_MAX = 200_000  # above this the fit lets UMAP use its approximate NN-descent (an exact all-pairs
                          # search grows as N^2; transform stays exact either way)
+INIT_QUANTUM = 2.0 ** -10  # map units (~1e-3; maps span ~10-40): initial positions are rounded to this grid so
+                           # that umap's per-point RNG seed (their bit pattern) does not change with float noise
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -138,8 +155,13 @@ class UMAPProjection:
         return cls(train_vectors=train_vectors, embedding=reducer.embedding_, params=params)
 
     # ---- placing new points ----------------------------------------------------------------------
-    def transform(self, vectors: np.ndarray) -> np.ndarray:
-        """(M, D) new vectors -> (M, 2) map positions (umap's transform with exact neighbours)."""
+    def transform(self, vectors: np.ndarray, *, canonical: bool = True) -> np.ndarray:
+        """(M, D) new vectors -> (M, 2) map positions (umap's transform with exact neighbours).
+
+        ``canonical`` (default) rounds inputs and initial positions as the module docstring says, so that a
+        placement depends on the vector's value only; ``canonical=False`` follows umap's arithmetic exactly
+        (kept to check agreement with ``UMAP.transform`` and to measure the difference).
+        """
         import scipy.sparse
         from sklearn.utils import check_random_state
         from umap.layouts import optimize_layout_euclidean
@@ -157,12 +179,21 @@ class UMAPProjection:
             raise ValueError(f"vectors have dimension {x.shape[1]}, the map was fitted on {self.train_vectors.shape[1]}")
         if not np.all(np.isfinite(x)):
             raise ValueError("vectors contain NaN or infinite values")
+        if canonical:  # equal vectors up to float noise give equal inputs
+            x = _unit(_unit(x).astype(np.float16))
         p = self.params
         n_train = len(self.train_vectors)
         k = int(p["n_neighbors"])
         if self._knn_index is None:
             self._knn_index = TopKIndex(_unit(self.train_vectors), backend="flat")
         sims, indices = self._knn_index.search(_unit(x), k)
+        if canonical:  # faiss's one-query and batched kernels round differently: recompute the k similarities
+            # row by row in float64, so a point's distances do not depend on what else is in the batch
+            neighbours = _unit(self.train_vectors[indices.reshape(-1)]).reshape(len(x), k, -1)
+            sims = np.sum(neighbours.astype(np.float64) * x.astype(np.float64)[:, None, :], axis=-1)
+            order = np.argsort(-sims, axis=1, kind="stable")
+            sims = np.take_along_axis(sims, order, axis=1).astype(np.float32)
+            indices = np.take_along_axis(indices, order, axis=1)
         dists = np.maximum(1.0 - sims, 0.0).astype(np.float32, order="C")
         indices = indices.astype(np.int32)
         indices[dists >= p["disconnection_distance"]] = -1
@@ -173,11 +204,19 @@ class UMAPProjection:
         csr = graph.tocsr()
         csr.eliminate_zeros()
         embedding = init_graph_transform(csr, self.embedding)
+        if canonical:  # the per-point RNG seed is the bit pattern of this x coordinate: put it on a fixed grid
+            embedding = (np.round(embedding / INIT_QUANTUM) * INIT_QUANTUM).astype(np.float32)
         if p["n_epochs"] is None:
             n_epochs = 100 if graph.shape[0] <= 10000 else 30
         else:
             n_epochs = int(p["n_epochs"] // 3.0)
-        graph.data[graph.data < (graph.data.max() / float(n_epochs))] = 0.0
+        if canonical:  # each row against its own strongest edge: a point lands where it would alone
+            row_max = np.zeros(graph.shape[0], np.float32)
+            np.maximum.at(row_max, graph.row, graph.data)
+            graph.data = graph.data / row_max[graph.row]
+            graph.data[graph.data < 1.0 / float(n_epochs)] = 0.0
+        else:  # umap: against the strongest edge of the whole batch
+            graph.data[graph.data < (graph.data.max() / float(n_epochs))] = 0.0
         graph.eliminate_zeros()
         epochs_per_sample = make_epochs_per_sample(graph.data, n_epochs)
         rng_state = check_random_state(p["transform_seed"]).randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)

@@ -1,6 +1,6 @@
 """Run `mlcm app --port PORT` for the browser tests and make sure it dies with them.
 
-`mlcm app` starts `panel serve` as a child, so the server runs in its own process group and this wrapper
+`mlcm app` execs `panel serve` (same pid), and the server runs in its own process group and this wrapper
 terminates the whole group when it is asked to (SIGTERM/SIGINT) or when the test process that started it
 disappears (a pytest killed by a timeout runs no fixture teardown).
 

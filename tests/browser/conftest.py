@@ -1,6 +1,6 @@
 """A real `mlcm app` server on a free localhost port, driven by Debian's Chromium via Playwright.
 
-The server runs in its own process group (``mlcm app`` starts ``panel serve`` as a child) under a small
+The server runs in its own process group (``mlcm app`` execs ``panel serve``) under a small
 wrapper (``_serve.py``) that terminates the whole group at the end of the session, or as soon as the test
 process disappears (a pytest killed by ``timeout`` runs no teardown), so no server outlives the tests. The explorer data is MLCM_EXPLORE when set, else
 precomputed/explore, else the development build var/explore_dev/explore (``build_precomputed`` output).
@@ -105,7 +105,7 @@ def app_url(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("app") / "server.log"
     # a file, not a pipe: an undrained pipe blocks the server once full; closed after the server stops
     log = open(log_path, "w")  # noqa: SIM115
-    # _serve.py runs `mlcm app` (which runs `panel serve` as a child) in its own process group and stops the
+    # _serve.py runs `mlcm app` (which execs `panel serve`) in its own process group and stops the
     # group when terminated or when this test process disappears
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("_serve.py")), str(port)],
