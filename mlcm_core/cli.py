@@ -114,6 +114,38 @@ def _dft_pool(store_path: Path, max_sites: int, include_done: bool = False, sour
     return {mid: store.structure(mid) for mid in mp["id"]}
 
 
+def _density_backfill_pool(store_path: Path) -> dict:
+    """GPAW materials of the store whose density is still the smooth pseudo density (before the VASP-like one)."""
+    from mlcm_core.data.store import DatasetStore
+    from mlcm_core.dft.engine import DENSITY_CONVENTIONS
+
+    store = DatasetStore.open(store_path)
+    t = store.table
+    old = (t["has_charge_density"].astype(bool) & t["has_structure"].astype(bool)
+           & t["density_source"].isin(["gpaw-engine", "dft-seed"])
+           & (t["density_convention"] == DENSITY_CONVENTIONS["smooth_pseudo"]))
+    return {mid: store.structure(mid) for mid in t.loc[old, "id"]}
+
+
+def cmd_dft_backfill_density(args: argparse.Namespace) -> int:
+    """SCF-only runs that give the stored GPAW materials the VASP-like density (docs/dft.md, Density)."""
+    from mlcm_core.dft.engine import gpaw_available, order_pool, run_many
+
+    problem = gpaw_available()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    candidates = _density_backfill_pool(args.store)
+    chosen = order_pool(candidates, max_sites=10**6)[: args.limit]
+    print(f"{len(candidates)} GPAW materials hold the smooth pseudo density; computing {len(chosen)}, cheapest first",
+          flush=True)
+    summary = run_many({mid: candidates[mid] for mid, _ in chosen}, args.out, workers=args.workers,
+                       timeout=args.timeout, stages="scf")
+    print(f"done {len(summary.done)}, failed {len(summary.failed)}, skipped {len(summary.skipped)}, "
+          f"cancelled {len(summary.cancelled)}")
+    return 0
+
+
 def cmd_dft_pool(args: argparse.Namespace) -> int:
     from mlcm_core.dft.engine import order_pool
 
@@ -144,11 +176,19 @@ def cmd_dft_run(args: argparse.Namespace) -> int:
 
 def cmd_dft_ingest(args: argparse.Namespace) -> int:
     """Merge finished GPAW results into the store as one new shard; record failures."""
+    import numpy as np
+
     from mlcm_core.dft.engine import record_from_npz
 
     pool = _dft_pool(args.store, max_sites=10**6, sources=None)  # whatever was computed, from any source
-    records = [record_from_npz(p, p.stem, pool[p.stem]) for p in sorted(args.results.glob("*.npz"))
-               if p.stem in pool]
+    backfill = _density_backfill_pool(args.store)  # density-only results replace an older density
+    records = []
+    for p in sorted(args.results.glob("*.npz")):
+        with np.load(p, allow_pickle=False) as z:
+            density_only = "dos" not in z.files
+        structures = backfill if density_only else pool
+        if p.stem in structures:
+            records.append(record_from_npz(p, p.stem, structures[p.stem]))
     failed = set(json.loads(DFT_FAILED.read_text())) if DFT_FAILED.exists() else set()
     new_failed = {p.name.split(".")[0] for p in args.results.glob("*.failed")} - failed
     if new_failed:
@@ -297,16 +337,22 @@ def check_precomputed(dataset: str | Path | None = None, explore: str | Path | N
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    """Serve the dashboard on 127.0.0.1 unless --address says otherwise; origin check stays on."""
-    import subprocess
+    """Serve the dashboard on 127.0.0.1 unless --address says otherwise; origin check stays on.
+
+    The server replaces this process (``os.execv``, same pid): SIGTERM/SIGINT sent to ``mlcm app`` reach
+    the server itself, and no ``panel serve`` child is left answering on the port when the parent dies.
+    """
+    import os
 
     problem = check_precomputed()
     if problem:
         print(f"error: not starting the app: {problem}", file=sys.stderr)
         return 2
     cmd = app_command(args.address, args.port, args.allow_websocket_origin, args.show, args.num_threads)
-    print(" ".join(cmd))
-    return subprocess.call(cmd)
+    print(" ".join(cmd), flush=True)
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)
+    return 0  # not reached: execv replaces the process or raises OSError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mp: MP structures (default); perov5: CDVAE perov_5 cells; all: both, cheapest first")
     p.add_argument("--limit", type=int, default=None, help="at most this many materials")
     p.set_defaults(func=cmd_dft_run)
+
+    p = dft.add_parser("backfill-density", help="SCF-only reruns: the VASP-like density for stored GPAW materials")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.add_argument("--out", type=Path, default=Path("var") / "dft_density")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per material")
+    p.add_argument("--limit", type=int, default=None, help="at most this many materials")
+    p.set_defaults(func=cmd_dft_backfill_density)
 
     p = dft.add_parser("ingest", help="merge finished results into the store as a new shard")
     p.add_argument("--results", type=Path, default=Path("var") / "dft")

@@ -39,6 +39,7 @@ __all__ = [
     "RunSummary",
     "build_job",
     "compute",
+    "density_from_npz",
     "estimate_cost",
     "gpaw_available",
     "missing_setups",
@@ -177,15 +178,20 @@ def order_pool(structures: dict[str, Any], max_sites: int = 10,
 
 
 # -- running ---------------------------------------------------------------------------------------
+STAGES = ("scf+dos", "scf")  # a full result, or the SCF and densities only (density backfill)
+
+
 def build_job(structure: Any, out_path: str | Path, protocol: DFTProtocol = PROTOCOL,
-              material_id: str = "", log_path: str | Path | None = None) -> dict[str, Any]:
-    """The JSON job the worker reads: geometry, protocol dict and the per-material spin/U choices."""
+              material_id: str = "", log_path: str | Path | None = None, stages: str = "scf+dos") -> dict[str, Any]:
+    """The JSON job the worker reads: geometry, protocol dict, the per-material spin/U choices, the stages."""
+    if stages not in STAGES:
+        raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
     symbols = [site.specie.symbol for site in structure]
     return {
         "id": material_id, "cell": structure.lattice.matrix.tolist(), "symbols": symbols,
         "frac": structure.frac_coords.tolist(), "protocol": protocol.to_dict(),
         "setups": protocol.setups(symbols), "magmoms": protocol.magmoms(symbols),
-        "out": str(out_path), "log": str(log_path) if log_path else None,
+        "out": str(out_path), "log": str(log_path) if log_path else None, "stages": stages,
     }
 
 
@@ -260,16 +266,44 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+DENSITY_CONVENTIONS = {
+    "valence_plus_compensation": "VASP-CHGCAR-like valence density: GPAW valence pseudo density (no pseudo-core) "
+                                 "plus electronic PAW compensation charges, Fourier-resampled to 32³ fractional grid",
+    "smooth_pseudo": "GPAW smooth pseudo valence density (incl. smooth core, no PAW compensation), "
+                     "Fourier-resampled to 32³ fractional grid",
+}
+
+
+def density_from_npz(z: Any, theory: str) -> DensityData:
+    """The stored density of a worker/seed npz, with its convention (npz without the key: smooth pseudo)."""
+    grid = z["charge_density"]
+    if grid.shape != (DENSITY_GRID,) * 3:
+        raise DFTError(f"density grid {grid.shape}")
+    kind = str(z["density_convention"]) if "density_convention" in z.files else "smooth_pseudo"
+    integral = z["density_integral"] if "density_integral" in z.files else z["pseudo_integral"]
+    return DensityData(grid=grid, units="e/Å^3", theory=theory, convention=DENSITY_CONVENTIONS[kind],
+                       integral=float(integral))
+
+
 def record_from_npz(path: str | Path, material_id: str, structure: Any = None, source: str = SOURCE,
                     protocol: DFTProtocol | None = None) -> MaterialRecord:
-    """MaterialRecord from a worker (or seed) npz: gap/energy/magmom labels, DOS and pseudo density."""
+    """MaterialRecord from a worker (or seed) npz: gap/energy/magmom labels, DOS and density.
+
+    A density-only npz (stages "scf", the backfill) gives a record with the density alone and no structure:
+    appended to the store, it replaces the material's earlier density and keeps everything else.
+    """
     z = np.load(path)
-    if not np.allclose(z["energy_grid"], DOS_ENERGIES):
-        raise DFTError(f"{path}: energy grid differs from DOS_ENERGIES")
     if protocol is None:
         protocol = DFTProtocol.from_dict(json.loads(str(z["protocol"]))) if "protocol" in z.files else PROTOCOL
     symbols = [site.specie.symbol for site in structure] if structure is not None else None
     theory = protocol.theory(symbols)
+    if "dos" not in z.files:
+        formula = structure.composition.reduced_formula if structure is not None else None
+        return MaterialRecord(id=material_id, source=source, density=density_from_npz(z, theory), formula=formula,
+                              provenance=f"{theory}; density backfill (SCF only); " +
+                                         json.dumps({"file": Path(path).name, "seconds": float(z["seconds"])}))
+    if not np.allclose(z["energy_grid"], DOS_ENERGIES):
+        raise DFTError(f"{path}: energy grid differs from DOS_ENERGIES")
     gap = float(z["band_gap"])
     gap = gap if gap > protocol.gap_threshold_ev else 0.0  # the seed kept sub-threshold gaps (1e-5 eV)
     labels = {"band_gap_gpaw_pbe": gap, "total_energy_gpaw_pbe": float(z["total_energy"])}
@@ -278,13 +312,7 @@ def record_from_npz(path: str | Path, material_id: str, structure: Any = None, s
     dos = DOSData(total=z["dos"], reference="vbm" if gap > protocol.gap_threshold_ev else "efermi",
                   theory=theory, broadening=f"Gaussian sigma {protocol.dos_sigma_ev:g} eV", band_gap=gap,
                   spin=z["dos_spin"] if "dos_spin" in z.files else None)
-    grid = z["charge_density"]
-    if grid.shape != (DENSITY_GRID,) * 3:
-        raise DFTError(f"{path}: density grid {grid.shape}")
-    density = DensityData(grid=grid, units="e/Å^3", theory=theory,
-                          convention="GPAW smooth pseudo valence density (incl. smooth core, no PAW "
-                                     "compensation), Fourier-resampled to 32³ fractional grid",
-                          integral=float(z["pseudo_integral"]))
+    density = density_from_npz(z, theory)
     prov = {k: (z[k].tolist() if z[k].ndim else z[k].item()) for k in
             ("kpts_scf", "kpts_dos", "nbands", "band_top_min", "seconds", "n_valence") if k in z.files}
     prov["file"] = Path(path).name
@@ -325,8 +353,10 @@ def _write_failed(path: Path, text: str) -> None:
 
 def run_many(structures: dict[str, Any], out_dir: str | Path, workers: int = 1, timeout: float | None = None,
              protocol: DFTProtocol = PROTOCOL, cancel: threading.Event | None = None,
-             progress: bool = True) -> RunSummary:
+             progress: bool = True, stages: str = "scf+dos") -> RunSummary:
     """Compute many materials cheapest first, resumably; failures become `<id>.failed` (traceback).
+
+    ``stages="scf"`` computes the SCF and densities only (the density backfill).
 
     The tqdm bar counts estimated seconds, so its ETA accounts for materials getting dearer down the list.
     Ctrl-C (or `cancel.set()`) kills running workers and records nothing for them.
@@ -352,7 +382,8 @@ def run_many(structures: dict[str, Any], out_dir: str | Path, workers: int = 1, 
     def one(mid: str) -> None:
         if cancel.is_set():
             raise Cancelled(mid)
-        job = build_job(structures[mid], out_dir / f"{mid}.npz", protocol, mid, out_dir / "logs" / f"{mid}.txt")
+        job = build_job(structures[mid], out_dir / f"{mid}.npz", protocol, mid, out_dir / "logs" / f"{mid}.txt",
+                        stages=stages)
         run_worker(job, timeout, cancel)
 
     bar = tqdm(total=round(sum(t for _, t in todo)), unit="est-s", disable=not progress, smoothing=0.1)

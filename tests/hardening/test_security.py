@@ -236,6 +236,8 @@ SAFE_LOADERS = {  # file -> the deserialising calls it may make; each is documen
     "mlcm_core/explore/build.py": ["np.load(explore_dir / 'map.npz', allow_pickle=False)"],
     "mlcm_core/explore/predict.py": ["np.load(directory / PREDICTIONS_FILE, allow_pickle=False)"],
     "mlcm_core/dft/engine.py": ["np.load(path)"],
+    "mlcm_core/cli.py": ["np.load(p, allow_pickle=False)"],
+    "benchmarks/density_vs_vasp.py": ["np.load(Path(tmp) / 'x.npz', allow_pickle=False)"],
     "mlcm_core/dft/seed.py": ["np.load(npz)"],
     "mlcm_core/data/sources/default.py": ["np.load(path)"],
     "benchmarks/dft_si_gap.py": ["np.load(f'{out}/si-benchmark.npz')"],
@@ -310,9 +312,9 @@ def test_mlcm_app_binds_localhost_with_the_origin_check_on(monkeypatch, capsys):
     pooled = cli.app_command(num_threads=4)
     assert pooled[pooled.index("--num-threads") + 1] == "4" and "--num-threads" not in cmd
     ran = []
-    monkeypatch.setattr(subprocess, "call", lambda c: ran.append(c) or 0)
+    monkeypatch.setattr(os, "execv", lambda path, c: ran.append((path, c)))
     assert cli.main(["app", "--port", "5123"]) == 0
-    assert ran == [cli.app_command(port=5123)] and "127.0.0.1" in capsys.readouterr().out
+    assert ran == [(sys.executable, cli.app_command(port=5123))] and "127.0.0.1" in capsys.readouterr().out
 
 
 # ---- upload limits ------------------------------------------------------------------------------------------
