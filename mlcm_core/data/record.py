@@ -63,6 +63,8 @@ class DensityData:
         theory: level of theory.
         convention: what the grid holds (e.g. "smooth pseudo valence density, no PAW compensation").
         integral: electrons in the cell from the source's own grid, None if unknown.
+        lattice: (3, 3) Å, rows a, b, c: the cell the grid lives on (the crystal's canonical cell,
+            ``mlcm_core.data.density_frame``, when the structure was known); None if the source gives none.
     """
 
     grid: np.ndarray
@@ -70,9 +72,15 @@ class DensityData:
     theory: str
     convention: str
     integral: float | None = None
+    lattice: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.grid = np.asarray(self.grid, dtype=np.float32)
+        if self.lattice is not None:
+            self.lattice = np.asarray(self.lattice, dtype=float)
+            if self.lattice.shape != (3, 3) or not np.all(np.isfinite(self.lattice)) \
+                    or abs(np.linalg.det(self.lattice)) < 1e-6:
+                raise ValueError(f"density lattice must be a finite, non-degenerate (3, 3) cell, got {self.lattice}")
         shape = (DENSITY_GRID,) * 3
         if self.grid.shape != shape:
             raise ValueError(f"density must have shape {shape}, got {self.grid.shape}")

@@ -55,7 +55,8 @@ _BASE_COLUMNS = ["source", "formula", "elements", "nsites", "volume", "spacegrou
 _DOS_COLUMNS = ["dos_row", "dos_spin_row", "dos_reference", "dos_band_gap", "dos_theory",
                 "dos_broadening", "dos_convention", "dos_source"]
 _DENSITY_COLUMNS = ["density_row", "density_units", "density_theory", "density_convention",
-                    "density_integral", "density_softness", "density_t_min", "density_t_max", "density_source"]
+                    "density_integral", "density_softness", "density_t_min", "density_t_max", "density_source",
+                    "density_lattice"]  # JSON 3x3 (Å) of the cell the grid lives on; null if unknown
 
 
 class StoreError(RuntimeError):
@@ -130,7 +131,8 @@ def _rows_and_arrays(records: Sequence[MaterialRecord], shard: str, progress: bo
             row.update(density_row=len(density), density_units=rec.density.units, density_theory=rec.density.theory,
                        density_convention=rec.density.convention, density_integral=rec.density.integral,
                        density_softness=qd.softness, density_t_min=qd.t_min, density_t_max=qd.t_max,
-                       density_source=rec.source)
+                       density_source=rec.source,
+                       density_lattice=None if rec.density.lattice is None else json.dumps(rec.density.lattice.tolist()))
             density.append(qd.q)
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -288,6 +290,9 @@ class DatasetStore:
         with warnings.catch_warnings():  # all-null label columns in some shards: intended
             warnings.simplefilter("ignore", FutureWarning)
             df = pd.concat(frames, ignore_index=True)
+        for col in _DENSITY_COLUMNS:  # shards written before a column existed
+            if col not in df:
+                df[col] = None
         if not df["id"].duplicated().any():
             return df
         return _merge_duplicates(df)

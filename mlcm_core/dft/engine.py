@@ -274,15 +274,22 @@ DENSITY_CONVENTIONS = {
 }
 
 
-def density_from_npz(z: Any, theory: str) -> DensityData:
-    """The stored density of a worker/seed npz, with its convention (npz without the key: smooth pseudo)."""
+def density_from_npz(z: Any, theory: str, structure: Any = None) -> DensityData:
+    """The stored density of a worker/seed npz, with its convention (npz without the key: smooth pseudo).
+
+    With the structure the npz was computed on, the grid is moved onto the crystal's canonical cell
+    (``mlcm_core.data.density_frame``), as every density of known structure is stored.
+    """
+    from mlcm_core.data.density_frame import canonicalize
+
     grid = z["charge_density"]
     if grid.shape != (DENSITY_GRID,) * 3:
         raise DFTError(f"density grid {grid.shape}")
     kind = str(z["density_convention"]) if "density_convention" in z.files else "smooth_pseudo"
     integral = z["density_integral"] if "density_integral" in z.files else z["pseudo_integral"]
-    return DensityData(grid=grid, units="e/Å^3", theory=theory, convention=DENSITY_CONVENTIONS[kind],
-                       integral=float(integral))
+    density = DensityData(grid=grid, units="e/Å^3", theory=theory, convention=DENSITY_CONVENTIONS[kind],
+                          integral=float(integral))
+    return canonicalize(density, structure) if structure is not None else density
 
 
 def record_from_npz(path: str | Path, material_id: str, structure: Any = None, source: str = SOURCE,
@@ -299,7 +306,8 @@ def record_from_npz(path: str | Path, material_id: str, structure: Any = None, s
     theory = protocol.theory(symbols)
     if "dos" not in z.files:
         formula = structure.composition.reduced_formula if structure is not None else None
-        return MaterialRecord(id=material_id, source=source, density=density_from_npz(z, theory), formula=formula,
+        return MaterialRecord(id=material_id, source=source, density=density_from_npz(z, theory, structure),
+                              formula=formula,
                               provenance=f"{theory}; density backfill (SCF only); " +
                                          json.dumps({"file": Path(path).name, "seconds": float(z["seconds"])}))
     if not np.allclose(z["energy_grid"], DOS_ENERGIES):
@@ -312,7 +320,7 @@ def record_from_npz(path: str | Path, material_id: str, structure: Any = None, s
     dos = DOSData(total=z["dos"], reference="vbm" if gap > protocol.gap_threshold_ev else "efermi",
                   theory=theory, broadening=f"Gaussian sigma {protocol.dos_sigma_ev:g} eV", band_gap=gap,
                   spin=z["dos_spin"] if "dos_spin" in z.files else None)
-    density = density_from_npz(z, theory)
+    density = density_from_npz(z, theory, structure)
     prov = {k: (z[k].tolist() if z[k].ndim else z[k].item()) for k in
             ("kpts_scf", "kpts_dos", "nbands", "band_top_min", "seconds", "n_valence") if k in z.files}
     prov["file"] = Path(path).name

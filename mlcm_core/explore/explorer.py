@@ -402,7 +402,9 @@ class Explorer:
         Args:
             dos: a (601,) DOS on DOS_ENERGIES, or a drawn polyline as ``(x, y)`` / an (n, 2) array (resampled
                 with ``resample_polyline``; its rules apply).
-            density: a (32, 32, 32) charge density on the cell's fractional grid.
+            density: a CHGCAR path or pymatgen ``VolumetricData`` (moved onto the crystal's canonical cell, as the
+                store keeps densities: any cell setting, origin or supercell of the crystal gives the same
+                query), a ``DensityData``, or a (32, 32, 32) grid already on the canonical cell.
             structure: a pymatgen Structure, a CIF/POSCAR path, or CIF text/bytes.
             material_id: a material of the store (its own embedding in the gallery modality is used when it
                 has one, else its crystal, DOS or density embedding).
@@ -428,7 +430,7 @@ class Explorer:
             arr, rec = self._dos_input(dos)
             targets["dos"] = (self._embed("dos", arr), rec)
         if density is not None:
-            arr = np.asarray(density, dtype=np.float32)
+            arr = self._density_input(density)
             if arr.shape != (DENSITY_GRID,) * 3:
                 raise ValueError(f"density must have shape {(DENSITY_GRID,) * 3}, got {arr.shape}")
             if not np.all(np.isfinite(arr)):
@@ -548,6 +550,19 @@ class Explorer:
             if v is not None:
                 return v / max(float(np.linalg.norm(v)), 1e-12), m
         raise KeyError(f"material {material_id!r} has no embedding")
+
+    @staticmethod
+    def _density_input(density: Any) -> np.ndarray:
+        from pymatgen.io.vasp import VolumetricData
+
+        from mlcm_core.data.record import DensityData
+        from mlcm_core.data.sources.vasp import density_from_chgcar, density_from_volumetric
+
+        if isinstance(density, (str, Path)):
+            density = density_from_chgcar(density)
+        elif isinstance(density, VolumetricData):
+            density = density_from_volumetric(density)
+        return np.asarray(density.grid if isinstance(density, DensityData) else density, dtype=np.float32)
 
     @staticmethod
     def _dos_input(dos: Any) -> tuple[np.ndarray, dict[str, Any]]:

@@ -231,21 +231,26 @@ def dos_from_doscar(path: str | Path, structure: Structure | None = None) -> DOS
 
 
 def density_from_volumetric(chg: VolumetricData, *, theory: str = _DEFAULT_THEORY) -> DensityData:
-    """Convert a parsed CHGCAR (rho * V_cell on its FFT grid) to e/Å³ on the 32³ grid.
+    """Convert a parsed CHGCAR (rho * V_cell on its FFT grid) to e/Å³ on the 32³ grid of the crystal's
+    canonical cell (``mlcm_core.data.density_frame``; the cell is recorded in ``DensityData.lattice``).
 
     Args:
         chg: pymatgen Chgcar (from a file or the Materials Project); only 'total' is used.
         theory: level of theory of the run that wrote it.
     """
+    from mlcm_core.data.density_frame import canonicalize
+
     total = np.asarray(chg.data["total"], dtype=float)
     volume = float(chg.structure.volume)
-    return DensityData(
+    on_its_cell = DensityData(
         grid=resample_density(total / volume),
         units="e/Å^3",
         theory=theory,
         convention=_CHGCAR_CONVENTION,
         integral=float(total.mean()),  # mean of rho*V over the grid = electrons in the cell
+        lattice=np.asarray(chg.structure.lattice.matrix),
     )
+    return canonicalize(on_its_cell, chg.structure)  # whatever setting the run used: one frame per crystal
 
 
 MAX_CHGCAR_POINTS = 512**3  # FFT grid points; a 300-atom cell at high cutoff stays far below
