@@ -184,6 +184,8 @@ def cmd_dft_ingest(args: argparse.Namespace) -> int:
     backfill = _density_backfill_pool(args.store)  # density-only results replace an older density
     records = []
     for p in sorted(args.results.glob("*.npz")):
+        if p.name.startswith(".") or (p.stem not in pool and p.stem not in backfill):
+            continue  # a temporary file of a killed worker, or a result already ingested
         with np.load(p, allow_pickle=False) as z:
             density_only = "dos" not in z.files
         structures = backfill if density_only else pool

@@ -190,7 +190,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from gpaw import __version__ as gpaw_version
 
     p = job["protocol"]
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     atoms = Atoms(job["symbols"], scaled_positions=job["frac"], cell=job["cell"], pbc=True)
     spin = job.get("magmoms") is not None
     if spin:
@@ -227,7 +227,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             break
         nbands_scf = math.ceil(1.5 * nbands_scf) + 4
     assert scf_margin >= p["scf_band_margin_ev"], f"SCF highest band only {scf_margin:+.2f} eV above E_F"
-    t_scf = time.time() - t0
+    t_scf, c_scf = time.time() - t0, time.process_time() - c0
     n_valence = float(calc.get_number_of_electrons())
     magmom = float(calc.get_magnetic_moment()) if spin else 0.0
     nt = np.asarray(calc.get_pseudo_density(), dtype=float)  # e/Å³, spins summed, smooth (no PAW compensation)
@@ -249,29 +249,14 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                 "protocol": json.dumps(p), "setups": json.dumps(job.get("setups") or {}),
                 "symbols": np.array(job["symbols"]), "gpaw_version": gpaw_version, "stages": "scf"}
 
-    nconv = estimate_nbands(eps_scf, float(calc.get_fermi_level()), n_valence, volume, p["band_margin_ev"])
+    nconv0 = estimate_nbands(eps_scf, float(calc.get_fermi_level()), n_valence, volume, p["band_margin_ev"])
     energies_rel = np.linspace(p["dos_emin_ev"], p["dos_emax_ev"], int(p["dos_npoints"]))
-    t1 = time.time()
-    retries = 0
-    while True:
-        buffer = max(4, math.ceil(0.1 * nconv))
-        dcalc = calc.fixed_density(nbands=nconv + buffer, kpts={"size": kdos, "gamma": True},
-                                   symmetry=symmetry if p["dos_symmetry"] == "irreducible" else "off",
-                                   convergence={"bands": nconv, "eigenstates": p["dos_eigenstates_tol"]},
-                                   maxiter=p["dos_maxiter"],
-                                   txt=(log + f".dos{retries}") if log else None)
-        eps, w_k = _eigenvalues(dcalc, nconv)
-        efermi = fermi_level(eps, w_k, n_valence, p["smearing_ev"])
-        gap, vbm, cbm = band_edges(eps, efermi)
-        gapped = gap > p["gap_threshold_ev"]
-        ref = vbm if gapped else efermi
-        top = float(eps[:, :, -1].min() - ref)
-        if top >= p["band_margin_ev"] or retries >= p["band_retries"]:
-            break
-        nconv = more_bands(eps, ref + p["band_margin_ev"] + 0.5, nconv)
-        retries += 1
+    step = _dos_step(calc, p, kdos, symmetry, n_valence, nconv0, log)
+    eps, w_k, efermi, gap, vbm, cbm, ref, top = (step[k] for k in ("eps", "w_k", "efermi", "gap", "vbm", "cbm",
+                                                                     "ref", "top"))
+    gapped, nconv, buffer, retries, t_dos, dcalc = (step[k] for k in ("gapped", "nconv", "buffer", "retries",
+                                                                       "seconds", "calc"))
     assert top >= p["band_margin_ev"], f"highest band reaches only E_ref{top:+.2f} eV with {nconv} bands"
-    t_dos = time.time() - t1
     dos_s = gaussian_dos(eps, w_k, energies_rel + ref, p["dos_sigma_ev"])
     try:
         efermi_gpaw = float(dcalc.get_fermi_level())
@@ -289,6 +274,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "nbands": nconv, "nbands_needed": int(np.sum(eps.min(axis=(0, 1)) < ref + p["band_margin_ev"])) + 1,
         "nbands_total": nconv + buffer, "band_top_min": top, "band_retries": retries,
         "seconds_scf": t_scf, "seconds_dos": t_dos, "seconds": time.time() - t0,
+        "cpu_seconds_scf": c_scf, "cpu_seconds_dos": step["cpu_seconds"],
         "protocol": json.dumps(p), "setups": json.dumps(job.get("setups") or {}),
         "symbols": np.array(job["symbols"]), "gpaw_version": gpaw_version,
         "eps_scf": eps_scf, "w_scf": w_scf,  # SCF eigenvalues (eV), for band-count diagnostics
@@ -296,7 +282,51 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     if spin:
         out["dos_spin"] = dos_s.astype(np.float32)
         out["magmoms_initial"] = np.array(job["magmoms"], dtype=float)
+    # cheaper DOS settings measured against this run's own DOS (benchmarks/dos_step_cost.py): same SCF
+    for i, changes in enumerate(job.get("dos_variants") or []):
+        pv = {**p, **changes}
+        kv = mp_kpts(atoms.cell[:], pv["kpt_density_dos"], pv["kpt_max_dos"])
+        out[f"variant{i}_changes"] = json.dumps(changes)
+        try:
+            v = _dos_step(calc, pv, kv, symmetry, n_valence, nconv0, log, tag=f"v{i}")
+        except Exception as exc:  # noqa: BLE001 - a failed variant is a measured outcome, not a failed material
+            out[f"variant{i}_error"] = f"{type(exc).__name__}: {exc}"
+            continue
+        out[f"variant{i}_dos"] = gaussian_dos(v["eps"], v["w_k"], energies_rel + v["ref"],
+                                              pv["dos_sigma_ev"]).sum(axis=0).astype(np.float32)
+        out[f"variant{i}_seconds"] = v["seconds"]
+        out[f"variant{i}_cpu_seconds"] = v["cpu_seconds"]
+        out[f"variant{i}_band_top_min"] = v["top"]
+        out[f"variant{i}_nk_ibz"] = len(v["w_k"])
     return out
+
+
+def _dos_step(calc: Any, p: dict[str, Any], kdos: list[int], symmetry: Any, n_valence: float, nconv: int,
+              log: str | None, tag: str = "") -> dict[str, Any]:
+    """The fixed-density DOS run on ``kdos``, with more bands until the highest reaches E_ref + band margin."""
+    t1, c1 = time.time(), time.process_time()
+    retries = 0
+    while True:
+        buffer = max(4, math.ceil(p.get("dos_band_buffer", 0.1) * nconv))
+        solver = {"eigensolver": p["dos_eigensolver"]} if p.get("dos_eigensolver") else {}
+        dcalc = calc.fixed_density(nbands=nconv + buffer, kpts={"size": kdos, "gamma": True},
+                                   symmetry=symmetry if p["dos_symmetry"] == "irreducible" else "off",
+                                   convergence={"bands": nconv, "eigenstates": p["dos_eigenstates_tol"]},
+                                   maxiter=p["dos_maxiter"], **solver,
+                                   txt=(log + f".dos{tag}{retries}") if log else None)
+        eps, w_k = _eigenvalues(dcalc, nconv)
+        efermi = fermi_level(eps, w_k, n_valence, p["smearing_ev"])
+        gap, vbm, cbm = band_edges(eps, efermi)
+        gapped = gap > p["gap_threshold_ev"]
+        ref = vbm if gapped else efermi
+        top = float(eps[:, :, -1].min() - ref)
+        if top >= p["band_margin_ev"] or retries >= p["band_retries"]:
+            break
+        nconv = more_bands(eps, ref + p["band_margin_ev"] + 0.5, nconv)
+        retries += 1
+    return {"eps": eps, "w_k": w_k, "efermi": efermi, "gap": gap, "vbm": vbm, "cbm": cbm, "ref": ref, "top": top,
+            "gapped": gapped, "nconv": nconv, "buffer": buffer, "retries": retries, "seconds": time.time() - t1,
+            "cpu_seconds": time.process_time() - c1, "calc": dcalc}
 
 
 def watch_parent(parent_pid: int | None, interval: float = 1.0) -> None:
