@@ -68,6 +68,8 @@ class DFTProtocol:
     dos_maxiter: int = 300
     dos_eigenstates_tol: float = 1e-5  # eV²/electron in the non-SCF run (GPAW default 4e-8; 1e-5 moves
     # eigenvalues by < 1e-3 eV, far below the 0.1 eV broadening, and saves ~30 % of the DOS iterations)
+    dos_band_buffer: float = 0.1  # unconverged extra bands in the DOS run, as a fraction of the converged ones
+    dos_eigensolver: str | None = None  # None: GPAW's default for PW (Davidson)
     magnetic_elements: tuple[str, ...] = ("Cr", "Mn", "Fe", "Co", "Ni")  # spin-polarise cells with these
     initial_magmoms: tuple[tuple[str, float], ...] = MP_MAGMOMS
     default_magmom: float = 0.6  # MP's default initial moment for other atoms of a spin-polarised cell
