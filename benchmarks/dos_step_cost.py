@@ -30,7 +30,6 @@ VARIANTS: list[dict] = [
     {"dos_eigenstates_tol": 1e-4},
     {"dos_eigenstates_tol": 1e-3},
     {"dos_eigenstates_tol": 1e-3, "dos_band_buffer": 0.0},
-    {"dos_eigenstates_tol": 1e-3, "kpt_density_dos": 3.5},
 ]
 
 

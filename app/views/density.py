@@ -19,6 +19,7 @@ from app import crystal3d
 from app.panes import LiveHTML, LiveMarkdown
 from app.store import AppState, guarded
 from mlcm_core.data.conventions import DENSITY_GRID
+from mlcm_core.data.density_frame import structure_on_canonical_cell
 
 
 def isosurface(rho: np.ndarray, level: float, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +60,8 @@ class DensityView(pn.viewable.Viewer):
             rho = self.state.dataset.density([material_id])[0]
             t = self.state.indexed
             structure = self.state.dataset.structure(material_id) if bool(t.at[material_id, "has_structure"]) else None
+            if structure is not None and isinstance(t.at[material_id, "density_lattice"], str):
+                structure = structure_on_canonical_cell(structure)  # the cell the grid lives on
             self._cache = {"id": material_id, "rho": rho, "structure": structure,
                            "units": t.at[material_id, "density_units"]}
         return self._cache
