@@ -416,7 +416,8 @@ class Explorer:
 
         Returns:
             one row per candidate, best first: rank, id, formula, source, score (weighted mean cosine),
-            one ``sim_<target>`` per target, map x/y, region_count and modality_disagreement (uncertainty
+            one ``sim_<target>`` per target, for a DOS target ``dos_mae_to_target`` (area-normalised DOS MAE
+            to each candidate's stored DOS, 1/eV, NaN without one), map x/y, region_count and modality_disagreement (uncertainty
             hints), modality flags, the label columns that any candidate has, and ``labels``: each known
             label with its unit, level of theory and source. ``attrs["query"]`` records the query (for
             export), ``attrs["labels"]`` the label metadata.
@@ -428,7 +429,7 @@ class Explorer:
         targets: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
         if dos is not None:
             arr, rec = self._dos_input(dos)
-            targets["dos"] = (self._embed("dos", arr), rec)
+            targets["dos"] = (self._embed("dos", arr), {**rec, "curve": arr})
         if density is not None:
             arr = self._density_input(density)
             if arr.shape != (DENSITY_GRID,) * 3:
@@ -468,8 +469,10 @@ class Explorer:
         out.insert(4, "score", scores.astype(np.float64))
         for j, t in enumerate(targets):
             out.insert(5 + j, _SIM_COLUMN[t], (cand @ targets[t][0]).astype(np.float64))
+        if "dos" in targets:
+            out.insert(5 + len(targets), "dos_mae_to_target", self._dos_mae_to_target(targets["dos"][1]["curve"], out))
         out.attrs["query"] = {
-            "targets": [targets[t][1] for t in targets],
+            "targets": [{k: v for k, v in targets[t][1].items() if k != "curve"} for t in targets],
             "weights": {t: w[t] for t in targets},
             "filters": None if flt is None else flt.to_dict(),
             "k": int(k), "gallery": gallery, "exclude": [str(e) for e in exclude],
@@ -481,6 +484,23 @@ class Explorer:
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
         out.attrs["labels"] = label_metadata(out.columns)
+        return out
+
+    def _dos_mae_to_target(self, target: np.ndarray, candidates: pd.DataFrame) -> np.ndarray:
+        """Area-normalised DOS MAE (1/eV, -5..5 eV; ``dft.validate.dos_mae``) between the target and each
+        candidate's stored DOS; NaN where a candidate has none (or either curve has no area there)."""
+        from mlcm_core.dft.validate import dos_mae
+
+        out = np.full(len(candidates), np.nan)
+        have = np.flatnonzero(candidates["has_dos"].to_numpy())
+        if not len(have):
+            return out
+        curves = self.store.dos(candidates["id"].to_numpy()[have].tolist())
+        for j, curve in zip(have, curves, strict=True):
+            try:
+                out[j] = dos_mae(np.asarray(target, float), curve.astype(float))
+            except ValueError:
+                pass
         return out
 
     def neighbours(self, material_id: str, k: int = 10, gallery: str = "crystal") -> pd.DataFrame:

@@ -404,3 +404,22 @@ def test_mlcm_embed_and_project_commands(tiny, tmp_path, capsys):
     assert '"map": "fitted"' in capsys.readouterr().out
     manifest = json.loads((tmp_path / "pre" / "explore" / "manifest.json").read_text())
     assert manifest["umap"]["n_neighbors"] == 5 and manifest["counts"]["materials"] == 30
+
+
+def test_dos_query_reports_each_candidates_dos_mae(tiny, explorer):
+    """A DOS search tells how close each candidate's own stored DOS is to the target (dft.validate.dos_mae)."""
+    from mlcm_core.dft.validate import dos_mae
+
+    store = tiny[0]
+    mid = _ids(explorer.table, has_dos=True)[0]
+    target = store.dos(mid)[0].astype(float)
+    out = explorer.query(dos=target, gallery="dos", k=min(20, int(explorer.table["has_dos"].sum())))
+    assert out.columns.get_loc("dos_mae_to_target") == out.columns.get_loc("sim_dos") + 1
+    row = out.set_index("id").loc[mid]
+    assert row["dos_mae_to_target"] == 0.0  # its own DOS
+    other = out[out["id"] != mid].iloc[0]
+    assert other["dos_mae_to_target"] == pytest.approx(dos_mae(target, store.dos(other["id"])[0].astype(float)))
+    mixed = explorer.query(dos=target, gallery="crystal", k=50)
+    assert mixed.loc[~mixed["has_dos"], "dos_mae_to_target"].isna().all()
+    assert mixed.loc[mixed["has_dos"], "dos_mae_to_target"].notna().all()
+    assert "curve" not in json.dumps(out.attrs["query"]["targets"])  # the query record stays small
