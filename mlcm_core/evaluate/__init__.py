@@ -6,6 +6,7 @@ embedding and has its own protocol, and the report needs all of them side by sid
 * ``embedding``      — embed a set of store rows with a trained model (eval mode, no grad); effective rank.
 * ``retrieval``      — does a material's embedding from one modality find the same material's embedding from
                         another? (top-k, median rank, with the chance level beside each number)
+* ``full_gallery``   — the same question at the app's scale: a DOS/density query against every structure.
 * ``inverse_design`` — does a DOS query retrieve crystals whose true DOS resembles it? (best-of-k ``dos_mae``
                         against random picks and an oracle)
 * ``model_eval``     — the three above for one model, as the report shows them.
@@ -32,7 +33,9 @@ __all__ = [
     "compare_modalities",
     "effective_ranks",
     "embed_split",
+    "evaluate_full_gallery",
     "evaluate_model",
+    "full_gallery_table",
     "inverse_design",
     "inverse_design_from_arrays",
     "magpie_features",
@@ -53,6 +56,7 @@ __all__ = [
 _WHERE = {
     "embed_split": "embedding", "effective_ranks": "embedding",
     "retrieval_metrics": "retrieval", "retrieval_table": "retrieval",
+    "evaluate_full_gallery": "full_gallery", "full_gallery_table": "full_gallery",
     "inverse_design": "inverse_design", "inverse_design_from_arrays": "inverse_design",
     "random_best_of_k": "inverse_design",
     "magpie_features": "baseline", "magpie_rf_baseline": "baseline", "magpie_rf_over_seeds": "baseline",

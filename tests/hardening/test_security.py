@@ -238,6 +238,7 @@ SAFE_LOADERS = {  # file -> the deserialising calls it may make; each is documen
     "mlcm_core/dft/engine.py": ["np.load(path)"],
     "mlcm_core/cli.py": ["np.load(p, allow_pickle=False)"],
     "benchmarks/density_vs_vasp.py": ["np.load(Path(tmp) / 'x.npz', allow_pickle=False)"],
+    "benchmarks/dos_step_cost.py": ["np.load(args.out / f'{m}.npz', allow_pickle=False)"],
     "mlcm_core/dft/seed.py": ["np.load(npz)"],
     "mlcm_core/data/sources/default.py": ["np.load(path)"],
     "benchmarks/dft_si_gap.py": ["np.load(f'{out}/si-benchmark.npz')"],
