@@ -134,3 +134,12 @@ def on_document(doc: Any, change: Callable[[], None]) -> None:
 def plot_handles(pane: pn.pane.HoloViews) -> list[dict[str, Any]]:
     """The Bokeh handles (x_range, y_range, plot, ...) of each session's top-level plot of ``pane``."""
     return [getattr(plot, "handles", {}) for plot, _pane in list(pane._plots.values())]
+
+
+def set_y_end(pane: pn.pane.HoloViews, end: float) -> None:
+    """Set the y axis of ``pane``'s rendered plots to 0…``end`` (curves pushed with push_layers leave the axis
+    where HoloViews first put it, and a fixed axis clipped larger curves)."""
+    for handles in plot_handles(pane):
+        y_range = handles.get("y_range")
+        if y_range is not None and (y_range.start, y_range.end) != (0.0, end):
+            on_document(y_range.document, partial(y_range.update, start=0.0, end=end))

@@ -22,6 +22,7 @@ import time
 import traceback
 import uuid
 import warnings
+import zipfile
 from collections import OrderedDict
 from functools import wraps
 from pathlib import Path
@@ -139,7 +140,7 @@ def map_clusters(explore_path: str, dataset_path: str) -> pd.DataFrame:
 
 _WARM = {"started": False, "done": {}, "lock": threading.Lock()}
 QUERY_CACHE_SIZE = 64
-TOAST_LEVELS = ("warning", "error")  # AppState.notify
+TOAST_MS = {"warning": 6000, "error": 10000}  # AppState.notify: toast levels and how long each stays
 _QUERY_CACHE: OrderedDict = OrderedDict()  # query key -> candidates (AppState.run_query)
 _QUERY_LOCK = threading.Lock()
 
@@ -228,6 +229,7 @@ class AppState(param.Parameterized):
 
     candidates = param.DataFrame(default=None, allow_None=True, doc="the last Explorer.query result")
     candidates_origin = param.String(default="")
+    candidates_filters = param.String(default="", doc="the filters the candidates' search ran with, in words")
     target = param.Dict(default=None, allow_None=True,
                         doc="target DOS: {'label', 'x', 'y'} (x, y = the curve as given) and 'dos' (601 values)")
     placed = param.Dict(default=None, allow_None=True, doc="an uploaded structure placed on the map")
@@ -321,6 +323,16 @@ class AppState(param.Parameterized):
         t = self.indexed
         return material_id in t.index and bool(t.at[material_id, column])
 
+    def shown_material(self, ids: list[str], focus: str = "") -> str:
+        """The one material the property card describes and the DOS view draws first (black, thick): the focus,
+        else the first selected material with a DOS, else the first selected one ('' when none).
+
+        One rule for both views: the card used to show the last selected id while the DOS view drew another."""
+        if focus or not ids:
+            return focus
+        has_dos = ids_having(self.dataset_path, "has_dos")
+        return next((i for i in ids if i in has_dos), ids[0])
+
     # ---- messages -----------------------------------------------------------------------------
     def notify(self, text: str, level: str = "info") -> None:
         """A message in the page (the alert pane); warnings and errors also as a toast.
@@ -328,14 +340,16 @@ class AppState(param.Parameterized):
         Routine confirmations (a selection, a search) stay in the alert pane only: each toast adds a model
         to the session's notification list, and the lasso/search confirmations came every few seconds."""
         self.param.update(message=text, message_level=level)
-        if level not in TOAST_LEVELS:
-            return
         notes = getattr(pn.state, "notifications", None)
-        if notes is not None:
-            try:
-                getattr(notes, level)(text, duration=6000 if level != "error" else 0)
-            except Exception as e:  # noqa: BLE001 - no document (headless tests): the alert pane suffices
-                log.debug("no toast for %r: %s", text, e)
+        if notes is None:
+            return
+        try:
+            if notes.notifications:  # a new message makes the shown toast stale: at most one, never a pile
+                notes.clear()        # over the plots (errors used to stay until closed one by one)
+            if level in TOAST_MS:
+                getattr(notes, level)(text, duration=TOAST_MS[level])
+        except Exception as e:  # noqa: BLE001 - no document (headless tests): the alert pane suffices
+            log.debug("no toast for %r: %s", text, e)
 
     # ---- map selection --------------------------------------------------------------------------
     def select_polygon(self, polygon: Any, origin: str = "lasso") -> list[str]:
@@ -373,6 +387,24 @@ class AppState(param.Parameterized):
         sources = list(self.sources) if self.sources else None
         f = Filters.build(ranges, include_unknown=unknown, elements_include=inc, elements_exclude=exc, sources=sources)
         return None if f.is_empty else f
+
+    def filters_text(self) -> str:
+        """The retrieval filters in force, in words ('' when none): every search names them, an upload's too
+        (they apply to every search, and a result missing for that reason must not look like a model's miss)."""
+        parts = []
+        if self.range_column != "(none)" and (self.range_min is not None or self.range_max is not None):
+            lo = "" if self.range_min is None else f"{self.range_min:g}"
+            hi = "" if self.range_max is None else f"{self.range_max:g}"
+            parts.append(f"{self.range_column} {lo}…{hi}")
+        if self.elements_include.strip():
+            parts.append(f"contains {self.elements_include.strip()}")
+        if self.elements_exclude.strip():
+            parts.append(f"without {self.elements_exclude.strip()}")
+        if self.sources:
+            parts.append("sources " + ", ".join(self.sources))
+        if parts:
+            parts.append("unknown values " + ("kept" if self.include_unknown else "dropped"))
+        return "; ".join(parts)
 
     def _query_key(self, targets: dict[str, Any]) -> tuple | None:
         """A cache key for a DOS / material-id query with the current settings (None: not cacheable)."""
@@ -420,9 +452,20 @@ class AppState(param.Parameterized):
                         _QUERY_CACHE.popitem(last=False)
         res = res.copy()  # sessions never share a mutable frame
         self._candidates_key = key
-        self.param.update(candidates=res, candidates_origin=origin)
-        self.notify(f"{len(res)} candidates for {origin} ({time.perf_counter() - t:.2f} s)", "success")
+        filters = self.filters_text()
+        self.param.update(candidates=res, candidates_origin=origin, candidates_filters=filters)
+        self.notify(f"{len(res)} candidates for {origin} ({time.perf_counter() - t:.2f} s)"
+                    + (f"; filters: {filters}" if filters else "; no filters"), "success")
         return res
+
+    def clear_candidates(self) -> None:
+        self._candidates_key = None
+        self.param.update(candidates=None, candidates_origin="", candidates_filters="")
+
+    def target_origin(self) -> str:
+        """The candidates' origin of a search with the current target ('' without a target): the target plot
+        overlays only those candidates, not an upload's or a material's drawn over this target."""
+        return f"target DOS ({self.target['label']})" if self.target else ""
 
     def set_target(self, label: str, x: Any, y: Any) -> dict:
         """A target DOS given as a curve (x in eV, y >= 0); validated and resampled by the core's rules."""
@@ -446,7 +489,7 @@ class AppState(param.Parameterized):
         x, y = np.asarray(self.target["x"]), np.asarray(self.target["y"])
         dos = np.asarray(self.target["dos"], np.float32) if len(x) == len(DOS_ENERGIES) and np.allclose(x, DOS_ENERGIES) \
             else (x, y)
-        return self.run_query(f"target DOS ({self.target['label']})", dos=dos)
+        return self.run_query(self.target_origin(), dos=dos)
 
     def place_upload(self, data: bytes, filename: str = "upload.cif") -> dict:
         """Explorer.place an uploaded CIF/POSCAR and find its neighbours (a structure query)."""
@@ -479,17 +522,49 @@ class AppState(param.Parameterized):
                 raise UserError("no candidates to export yet: run a search first")
             return self.candidates, None
         if not self.selected_ids:
-            raise UserError("nothing selected on the map")
+            raise UserError("nothing selected on the map to export: lasso, box-select or pick a cluster first")
         t = self.browse_table(self.selected_ids)
+        m = self.explorer.manifest  # the map's provenance by checksum: no server path in a file users keep
         query = {"kind": "map selection", "origin": self.selection_origin, "polygon": self.polygon,
-                 "n": len(t), "explore": str(self.explore_path)}
+                 "n": len(t), "checkpoint_sha256": m["checkpoint"]["sha256"],
+                 "embeddings_sha256": m.get("files", {}).get("embeddings.npz")}
         return t, query
 
+    def export_name(self, what: str, table: pd.DataFrame, query: dict | None) -> str:
+        """A file name (no suffix) that says what the file holds and when: e.g.
+        ``mlcm-candidates-dos-search-25-20261203-101500``, ``mlcm-selection-lasso-675-20261203-101500``."""
+        from mlcm_core.explore.export import safe_name
+
+        if what == "candidates":
+            q = query if query is not None else table.attrs.get("query", {})
+            kinds = []
+            for t in q.get("targets", []):
+                detail = t.get("id") or t.get("formula") or ""
+                kinds.append(f"{t.get('kind', 'query')}-{detail}" if detail else str(t.get("kind", "query")))
+            kind = "-".join(kinds or ["query"]).replace("material_id", "material") + "-search"
+        else:
+            kind = self.selection_origin.split(":")[0] or "selection"  # "cluster C3: cubic · O-Ti" -> "cluster C3"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return f"mlcm-{what}-{safe_name(kind.replace(' ', '-'))}-{len(table)}-{stamp}"
+
     def export(self, what: str, fmt: str) -> Path:
+        """Explorer.export of the candidates or the selection, under a name saying what it holds.
+
+        CSV: a plain table (``pandas.read_csv`` reads it as is); the core writes the query as a first-line JSON
+        comment, which moves to a ``<name>.query.json`` beside it. JSON and the CIF zip hold the query inside
+        (the zip also gets the plain CSV)."""
         table, query = self.export_table(what)
-        name = f"app/{self.session_id}/{what}-{time.strftime('%Y%m%d-%H%M%S')}"
-        written = self.explorer.export(table, name, formats=(fmt,), query=query)
-        return written[fmt]
+        name = f"app/{self.session_id}/{self.export_name(what, table, query)}"
+        path = self.explorer.export(table, name, formats=(fmt,), query=query)[fmt]
+        if fmt == "csv":
+            split_csv_header(path)
+        elif fmt == "cif_zip":  # + the plain table, written by the core under a name of its own, then moved in
+            table_csv = self.explorer.export(table, name + "-table", formats=("csv",), query=query)["csv"]
+            split_csv_header(table_csv).unlink()
+            with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+                zf.write(table_csv, "candidates.csv")
+            table_csv.unlink()
+        return path
 
 
 @pn.cache(max_items=2)
@@ -514,19 +589,19 @@ def ids_having(dataset_path: str, column: str) -> frozenset[str]:
     return frozenset(t.index[t[column].fillna(False).astype(bool)].astype(str))
 
 
-def _symbols(text: str) -> list[str]:
+def element_symbol(text: str) -> str:
+    """``text`` as an element symbol ("fe" -> "Fe"); UserError when it is none."""
     from pymatgen.core.periodic_table import Element
 
-    out = []
-    for tok in text.replace(";", ",").replace(" ", ",").split(","):
-        tok = tok.strip()
-        if not tok:
-            continue
-        tok = tok[:1].upper() + tok[1:].lower()
-        if not Element.is_valid_symbol(tok):
-            raise UserError(f"unknown element symbol {tok!r}")
-        out.append(tok)
-    return out
+    tok = text.strip()
+    tok = tok[:1].upper() + tok[1:].lower()
+    if not Element.is_valid_symbol(tok):
+        raise UserError(f"unknown element symbol {tok!r}")
+    return tok
+
+
+def _symbols(text: str) -> list[str]:
+    return [element_symbol(tok) for tok in text.replace(";", ",").replace(" ", ",").split(",") if tok.strip()]
 
 
 def _upload_name(filename: str) -> str:
@@ -576,6 +651,18 @@ def parse_dos_csv(data: bytes, filename: str = "dos.csv") -> tuple[np.ndarray, n
     if len(xs) < 2:
         raise UserError(f"{filename}: need at least 2 rows of (energy eV, DOS)")
     return np.asarray(xs), np.asarray(ys)
+
+
+def split_csv_header(path: Path) -> Path:
+    """Move the core CSV export's first line (``# mlcm-export v1 {JSON header}``, which ``pandas.read_csv``
+    reads as a 1-row table of garbage) into ``<name>.query.json``; returns that file. The table stays as the
+    core wrote it, byte for byte."""
+    first, _, body = path.read_text(encoding="utf-8").partition("\n")
+    header = json.loads(first[first.index("{"):])
+    sidecar = path.with_name(path.name.removesuffix(".csv") + ".query.json")
+    sidecar.write_text(json.dumps(header, indent=1), encoding="utf-8")
+    path.write_text(body, encoding="utf-8")
+    return sidecar
 
 
 def csv_bytes(df: pd.DataFrame) -> io.BytesIO:

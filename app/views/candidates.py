@@ -1,10 +1,14 @@
 """Candidate table (sortable) and downloads: CSV, JSON and a zip of CIFs, written by Explorer.export.
 
-Every download records the query (targets, weights, filters, checkpoint) in the file, as the core's export
-does; a map selection exported without a query gets a description of the selection as its query.
+The JSON and the zip record the query (targets, weights, filters, checkpoint) inside, as the core's export
+does; the CSV is a plain table (its query goes to a ``.query.json`` beside it on the server, and into the
+zip). A map selection is exported with a description of the selection as its query. File names say what
+they hold (AppState.export_name).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 import panel as pn
@@ -16,6 +20,19 @@ from app.store import AppState, UserError
 SHOWN = ["rank", "id", "formula", "score", "sim_dos", "sim_structure", "sim_material", "source", "spacegroup_symbol",
          "nsites", "has_dos", "has_charge_density", "region_count", "modality_disagreement"]
 FORMATS = {"csv": ".csv", "json": ".json", "cif_zip": ".cif.zip"}
+
+
+class ExportDownload(pn.widgets.FileDownload):
+    """A download named after the file its callback wrote (FileDownload keeps its first name for every file),
+    and that sends nothing when the callback returns None: the failure is already a message in the page, and
+    FileDownload would raise on None (a server traceback per refused export)."""
+
+    def _sync_data(self, fileobj):
+        if fileobj is None:
+            return
+        if isinstance(fileobj, (str, Path)):
+            self.filename = Path(fileobj).name
+        super()._sync_data(fileobj)
 
 
 class CandidatesView(pn.viewable.Viewer):
@@ -34,9 +51,9 @@ class CandidatesView(pn.viewable.Viewer):
         self._table.param.watch(self._on_select, "selection")
         self.state.param.watch(self._on_candidates, "candidates")
         self._downloads = [
-            pn.widgets.FileDownload(callback=self._make_callback(fmt), filename=f"mlcm_export{suffix}",
-                                    label=f"Download {fmt.replace('_', ' ').upper()}", color="success",
-                                    css_classes=[f"mlcm-download-{fmt}"], embed=False, auto=True, width=150)
+            ExportDownload(callback=self._make_callback(fmt), filename=f"mlcm-export{suffix}",
+                           label=f"Download {fmt.replace('_', ' ').upper()}", color="success",
+                           css_classes=[f"mlcm-download-{fmt}"], embed=False, auto=True, width=150)
             for fmt, suffix in FORMATS.items()]
 
     def shown(self, df: pd.DataFrame | None) -> pd.DataFrame:
@@ -54,7 +71,10 @@ class CandidatesView(pn.viewable.Viewer):
         c = self.state.candidates
         if c is None or c.empty:
             return "**Candidates**: none yet (draw a target DOS, use a material's DOS, or upload a CIF)."
-        return f"**Candidates: {len(c)}** for {self.state.candidates_origin} (click a column to sort, a row to show it)"
+        filters = self.state.candidates_filters
+        return (f"**Candidates: {len(c)}** for {self.state.candidates_origin}; "
+                + (f"**filters: {filters}**" if filters else "no filters")
+                + " (click a column to sort, a row to show it)")
 
     def _on_candidates(self, event) -> None:
         self._table.selection = []
@@ -81,4 +101,7 @@ class CandidatesView(pn.viewable.Viewer):
     def __panel__(self):
         return pn.Column(self._title, self._table,
                          pn.Row(pn.widgets.RadioButtonGroup.from_param(self.param.export_what), *self._downloads),
+                         pn.pane.Markdown("CSV: the table only (opens in any spreadsheet or `pandas.read_csv`); "
+                                          "JSON and CIF zip: the table with the query that produced it.",
+                                          styles={"font-size": "11px"}, margin=(0, 10)),
                          sizing_mode="stretch_width")

@@ -49,7 +49,8 @@ class PropertyCard(pn.viewable.Viewer):
         self.state.param.watch(self._on_change, ["selected_ids", "focus_id"])
 
     def material(self, focus: str, ids: list[str]) -> str:
-        return focus or (ids[-1] if ids else "")
+        """The material described: the one the DOS view draws first (AppState.shown_material)."""
+        return self.state.shown_material(ids, focus)
 
     def hints(self, mid: str) -> dict:
         f = self.state.frame
@@ -90,7 +91,10 @@ class PropertyCard(pn.viewable.Viewer):
         mods = ", ".join(m for m, c in (("structure", "has_structure"), ("DOS", "has_dos"),
                                         ("charge density", "has_charge_density")) if bool(row[c])) or "none"
         esc = html.escape
-        parts = [f"<h3 style='margin:4px 0'>{esc(mid)} {esc(str(row['formula'] or ''))}</h3>",
+        formula = row["formula"] if isinstance(row["formula"], str) and row["formula"] else None
+        parts = [f"<h3 style='margin:4px 0'>{esc(mid)} {esc(formula or '')}</h3>"
+                 + ("" if formula else "<div><i>formula unknown: the dataset has no structure or composition "
+                                       "for this material</i></div>"),
                  (f"<div>{esc(str(row['source']))} · {esc(str(nsites))} sites · "
                   f"{esc(str(row['spacegroup_symbol'] or 'no structure'))} · {esc(str(row['crystal_system'] or ''))} · "
                   f"split <b>{esc(str(row['split']))}</b><br>modalities: {esc(mods)}</div>")]

@@ -9,7 +9,6 @@ The legend (id, formula, energy reference) is an HTML line under the plot, for t
 from __future__ import annotations
 
 import html
-from functools import partial
 
 import holoviews as hv
 import holoviews.plotting.bokeh  # registers the bokeh backend
@@ -18,7 +17,7 @@ import panel as pn
 import param
 from holoviews.core.spaces import Callable
 
-from app.panes import LiveHTML, curve_slots, on_document, plot_handles, push_layers
+from app.panes import LiveHTML, curve_slots, push_layers, set_y_end
 from app.store import AppState, ids_having
 from app.views.card import LabelCard  # noqa: F401  (kept importable from here)
 from mlcm_core.data.conventions import DOS_ENERGIES
@@ -29,7 +28,8 @@ X_LABEL, Y_LABEL = "E - E_ref (eV)", "DOS (states/eV/cell)"
 
 
 class DOSView(pn.viewable.Viewer):
-    """Up to MAX_CURVES DOS: the focused material first, then selected materials that have a DOS; the first is
+    """Up to MAX_CURVES DOS: the material the property card shows first (``AppState.shown_material``: the
+    focus, else the first selected one with a DOS), then selected materials that have a DOS; the first is
     drawn black and thick."""
 
     state = param.ClassSelector(class_=AppState)
@@ -44,7 +44,8 @@ class DOSView(pn.viewable.Viewer):
 
     def curve_ids(self, ids: list[str], focus: str = "") -> list[str]:
         has = ids_having(self.state.dataset_path, "has_dos")
-        head = [focus] if focus else []
+        shown = self.state.shown_material(ids, focus)
+        head = [shown] if shown else []
         out: list[str] = []
         for i in (*head, *ids):  # stops after MAX_CURVES with a DOS (a selection can hold thousands)
             if i not in out and i in has:
@@ -72,7 +73,7 @@ class DOSView(pn.viewable.Viewer):
         items = []
         for k, i in enumerate(with_dos):
             label = html.escape(f"{i} {t.at[i, 'formula'] or ''} [{t.at[i, 'dos_reference']}]"
-                                + (" (focus)" if i == focus else ""))
+                                + (" (focus)" if i == focus else " (in the card)" if k == 0 and not focus else ""))
             items.append(f"<span style='white-space:nowrap;margin-right:10px'><span style='display:inline-block;"
                          f"width:14px;height:{3 if k == 0 else 2}px;background:{COLORS[k]};vertical-align:middle;"
                          f"margin-right:3px'></span>{label}</span>")
@@ -108,10 +109,7 @@ class DOSView(pn.viewable.Viewer):
         push_layers(self._plot_pane, elements, keys={f"slot{k}": curves[k]["id"] if k < len(curves) else None
                                                      for k in range(MAX_CURVES)})
         top = max((float(np.max(c["dos"])) for c in curves), default=1.0)
-        for handles in plot_handles(self._plot_pane):
-            y_range = handles.get("y_range")
-            if y_range is not None:
-                on_document(y_range.document, partial(y_range.update, start=0.0, end=1.05 * top if top > 0 else 1.0))
+        set_y_end(self._plot_pane, 1.05 * top if top > 0 else 1.0)
 
     def __panel__(self):
         if self._plot_pane is None:

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import panel as pn
 import param
 
 from app.store import AppState
+
+
+class OptionalFloatInput(pn.widgets.FloatInput):
+    """A FloatInput whose empty value (None: no limit) shows as an empty box. Panel sends None to the browser
+    as NaN, which the box then showed as the text "NaN" after a limit was cleared."""
+
+    def _process_param_change(self, params):
+        params = super()._process_param_change(params)
+        for name in ("value", "value_throttled"):
+            if isinstance(params.get(name), float) and math.isnan(params[name]):
+                params[name] = None
+        return params
 
 
 class FiltersView(pn.viewable.Viewer):
@@ -19,8 +33,8 @@ class FiltersView(pn.viewable.Viewer):
             pn.widgets.IntSlider.from_param(s.param.k, label="k (candidates)", start=1, end=200),
             pn.widgets.Select.from_param(s.param.gallery, label="Search among (gallery)"),
             pn.widgets.Select.from_param(s.param.range_column, label="Property range"),
-            pn.Row(pn.widgets.FloatInput.from_param(s.param.range_min, label="min", width=110),
-                   pn.widgets.FloatInput.from_param(s.param.range_max, label="max", width=110)),
+            pn.Row(OptionalFloatInput.from_param(s.param.range_min, label="min", width=110, placeholder="no limit"),
+                   OptionalFloatInput.from_param(s.param.range_max, label="max", width=110, placeholder="no limit")),
             pn.widgets.Checkbox.from_param(s.param.include_unknown, label="include unknown values/compositions"),
             pn.widgets.TextInput.from_param(s.param.elements_include, label="Elements: must contain all",
                                             placeholder="e.g. O, Ti"),

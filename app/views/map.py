@@ -14,6 +14,7 @@ Selection: the lasso (``hv.streams.Lasso``) and box (``hv.streams.BoundsXY``) po
 
 from __future__ import annotations
 
+import html
 import threading
 from collections import OrderedDict
 
@@ -31,7 +32,7 @@ from holoviews.core.spaces import Callable
 from holoviews.operation import decimate
 
 from app.panes import LiveHTML, push_layers
-from app.store import AppState, guarded
+from app.store import AppState, UserError, element_symbol, guarded
 
 WIDTH, HEIGHT = 640, 560
 FRAME = (560, 480)  # the plot frame inside WIDTH x HEIGHT (axes and toolbar take the rest); PlotSize refines it
@@ -155,6 +156,7 @@ class MapView(pn.viewable.Viewer):
         self._xr, self._yr = _extent(f)
         self._element_cache: dict[str, np.ndarray] = {}
         self.param.watch(self._on_cluster, "cluster")
+        self.param.watch(self._on_element, ["element", "color_by"])
         self._plot = self._build()
         self._legend = LiveHTML(self._legend_html, sizing_mode="stretch_width", margin=(0, 10))
 
@@ -344,8 +346,10 @@ class MapView(pn.viewable.Viewer):
             return
         (x0, x1) = self._range.x_range or self._xr
         mid = self.state.nearest(x, y, max_dist=0.02 * abs(x1 - x0))
-        if mid is not None:
-            self.state.focus_id = mid
+        if mid is None:  # said, not silently ignored
+            self.state.notify("no material at the click: click on a point (zoom in where they are dense)", "info")
+            return
+        self.state.focus_id = mid
 
     _on_tap = click
 
@@ -358,6 +362,12 @@ class MapView(pn.viewable.Viewer):
     def clear(self, *_):
         self.cluster = None
         self.state.select_ids([], origin="")
+        self.state.notify("selection cleared: all materials", "info")  # the last "lasso selected N" is stale
+
+    @guarded("element colouring")
+    def _on_element(self, *_) -> None:
+        if self.color_by == "element present":
+            element_symbol(self.element or "O")  # a message for "Xx" (the legend says it too)
 
     # ---- legend -----------------------------------------------------------------------------------
     @param.depends("color_by", "prop", "element")
@@ -373,8 +383,13 @@ class MapView(pn.viewable.Viewer):
                             for k, c in key.items())
             return f"<div style='font-size:12px'>{items}<br>{grey}</div>"
         if self.color_by == "element present":
-            n = int(self._has_element(self.element or "O").sum())
-            return (f"<div style='font-size:12px'><span style='color:#d62728'>■</span> contains {self.element} "
+            try:
+                symbol = element_symbol(self.element or "O")
+            except UserError as e:
+                return (f"<div style='font-size:12px;color:#b00'>{html.escape(str(e), quote=False)}: type a symbol "
+                        "such as O or Fe</div>")
+            n = int(self._has_element(symbol).sum())
+            return (f"<div style='font-size:12px'><span style='color:#d62728'>■</span> contains {symbol} "
                     f"({n:,})<br>{grey}</div>")
         col = self.prop if self.color_by == "property" else NUMERIC_MODES[self.color_by]
         if col is None:

@@ -4,7 +4,10 @@ The drawing is a ``hv.streams.FreehandDraw`` on an empty ``hv.Path`` over DOS ax
 stroke becomes the target (resampled onto the 601-point DOS grid by the core's ``resample_polyline``, whose
 rules decide what is accepted: e.g. a one-point stroke is refused with a message) and, with "search on draw",
 is sent to ``Explorer.query(dos=(x, y), filters=..., k=...)`` at once. The candidates' stored DOS (for those
-that have one) are overlaid on the target, scaled to the target's mean (the DOS encoder ignores scale).
+that have one) are overlaid on the target, scaled to the target's mean (the DOS encoder ignores scale), only
+when they are that target's candidates (not an upload's or a material's search drawn over an older target).
+A target from elsewhere (a material, a CSV, Clear) removes the last stroke; the y axis grows to show the
+target and its curves whole.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ import panel as pn
 import param
 from holoviews.core.spaces import Callable
 
-from app.panes import LiveMarkdown, curve_slots, push_layers
+from app.panes import LiveMarkdown, curve_slots, push_layers, set_y_end
 from app.store import AppState, UserError, guarded, parse_dos_csv
 from mlcm_core.data.conventions import DOS_E_MAX, DOS_E_MIN, DOS_ENERGIES
 
 MAX_OVERLAID = 8
-Y_MAX = 10.0
+Y_MAX = 10.0  # the y axis's top before any target (room to draw); it grows to fit a larger target
 WIDTH, HEIGHT = 560, 330
 COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
@@ -58,6 +61,9 @@ class TargetDOSView(pn.viewable.Viewer):
         # the stream's source must be the object that is plotted (.opts returns a clone)
         self._draw = hv.streams.FreehandDraw(source=self._draw_src, num_objects=1)
         self._draw.add_subscriber(self._on_draw)
+        # a click on the axes is a one-point stroke, which the freehand tool drops without a word
+        self._tap = hv.streams.Tap(source=self._draw_src)
+        self._tap.add_subscriber(self._on_tap)
         self._csv = pn.widgets.FileInput(accept=".csv,.txt,.dat", multiple=False, label="DOS CSV",
                                          css_classes=["mlcm-dos-csv"])
         self._csv.param.watch(self._on_csv, "value")
@@ -70,6 +76,11 @@ class TargetDOSView(pn.viewable.Viewer):
             return hv.Curve(pd.DataFrame({"E": np.array([], float), "DOS": np.array([], float)}), "E", "DOS",
                             label="target")
         return hv.Curve((DOS_ENERGIES, np.asarray(target["dos"])), "E", "DOS", label="target")
+
+    def own_candidates(self) -> pd.DataFrame | None:
+        """The candidates when they are the current target's search result, else None."""
+        s = self.state
+        return s.candidates if s.target and s.candidates_origin == s.target_origin() else None
 
     def candidate_curves(self, candidates: pd.DataFrame | None, target: dict | None) -> list[dict]:
         if candidates is None or candidates.empty:
@@ -103,7 +114,7 @@ class TargetDOSView(pn.viewable.Viewer):
         """Candidates, target and DFT result for the current state (HoloViews calls this when it renders)."""
         s = self.state
         cands = [c.opts(color=COLORS[k], line_width=1.5, alpha=0.85, tools=["hover"])
-                 for k, c in enumerate(self._candidate_slots(s.candidates, s.target).values())]
+                 for k, c in enumerate(self._candidate_slots(self.own_candidates(), s.target).values())]
         return hv.Overlay([*cands, self._target_curve(s.target).opts(color="black", line_width=3, line_dash="dashed"),
                            self._validation_curve(s.validation, s.target).opts(color="#d62728", line_width=2.5)])
 
@@ -112,13 +123,24 @@ class TargetDOSView(pn.viewable.Viewer):
         if not self._plot._plots or self._holding:
             return
         s = self.state
-        curves = self.candidate_curves(s.candidates, s.target)
+        curves = self.candidate_curves(self.own_candidates(), s.target)
         # candidates are drawn scaled to the target, so every key includes the target's
         target = _curve_key(s.target)
         keys = {f"cand{k}": (curves[k]["id"], target) if k < len(curves) else None for k in range(MAX_OVERLAID)}
         keys.update(target=target, validation=(_curve_key(s.validation), target) if s.validation else None)
         push_layers(self._plot, {**self._slots(curves, lazy=True), "target": partial(self._target_curve, s.target),
                                  "validation": partial(self._validation_curve, s.validation, s.target)}, keys)
+        set_y_end(self._plot, self.y_top(curves))
+
+    def y_top(self, curves: list[dict]) -> float:
+        """The y axis's top: Y_MAX (room to draw), or more when the target or its overlaid curves go higher."""
+        s = self.state
+        highest = [float(np.max(c["y"])) for c in curves]
+        if s.target:
+            highest.append(float(np.max(s.target["dos"])))
+        if s.validation:
+            highest.append(float(np.max(self._validation_curve(s.validation, s.target).dimension_values("DOS"))))
+        return max(Y_MAX, 1.05 * max(highest, default=0.0))
 
     def _build(self):
         layers = hv.DynamicMap(Callable(self._layers_now, memoize=False))
@@ -127,10 +149,20 @@ class TargetDOSView(pn.viewable.Viewer):
             xlabel="E - E_ref (eV)", ylabel="DOS (arbitrary scale)",
             title="Target DOS: draw left→right with the mouse (freehand tool)")
         self.state.param.watch(self._push, ["target", "candidates", "validation"])
+        self.state.param.watch(self._on_target, "target")
         return pn.pane.HoloViews(overlay, css_classes=["mlcm-draw"], sizing_mode="stretch_width", min_width=360,
                                  height=HEIGHT, linked_axes=False)
 
     # ---- inputs -----------------------------------------------------------------------------------
+    def _on_target(self, event) -> None:
+        """A target that is not the last stroke (a material's DOS, a CSV, none) removes that stroke."""
+        if not event.new or event.new.get("label") != "drawn":
+            self.clear_count += 1
+
+    @guarded("drawn DOS")
+    def _on_tap(self, x=None, y=None, **_):
+        self.state.notify("a click draws one point: drag the mouse from left to right to draw a DOS", "warning")
+
     @guarded("drawn DOS")
     def _on_draw(self, data=None, **_):
         if not data or not data.get("xs"):
@@ -138,7 +170,11 @@ class TargetDOSView(pn.viewable.Viewer):
         xs, ys = data["xs"][-1], data["ys"][-1]
         if len(xs) == 0:
             return
-        self.use_curve("drawn", np.asarray(xs, float), np.clip(np.asarray(ys, float), 0, None))
+        try:
+            self.use_curve("drawn", np.asarray(xs, float), np.clip(np.asarray(ys, float), 0, None))
+        except ValueError:  # a refused stroke (the message says why) is not left drawn as if it were the target
+            self.clear_count += 1
+            raise
 
     def use_curve(self, label: str, x: np.ndarray, y: np.ndarray) -> None:
         if not (self.search_on_draw or label != "drawn"):
@@ -163,6 +199,8 @@ class TargetDOSView(pn.viewable.Viewer):
         mid = self.material_id.strip() or self.state.focus_id
         if not mid:
             raise UserError("type a material id (or click one on the map) to use its DOS")
+        if mid not in self.state.indexed.index:
+            raise UserError(f"unknown material id {mid!r} (ids look like mp-2 or perov5:1)")
         if not self.state.has(mid, "has_dos"):
             raise UserError(f"{mid} has no DOS in the dataset")
         dos = self.state.dataset.dos([mid])[0]
@@ -176,15 +214,26 @@ class TargetDOSView(pn.viewable.Viewer):
         self.use_curve(f"CSV {self._csv.filename}", x, y)
 
     def clear(self, *_):
-        self.clear_count += 1
-        self.state.param.update(target=None, validation=None)
+        """No target, no stroke, and none of the target's candidates (they would stay listed and drawn)."""
+        s = self.state
+        if s.candidates is not None and s.candidates_origin == s.target_origin():
+            s.clear_candidates()
+        if s.target:
+            s.param.update(target=None, validation=None)  # _on_target removes the stroke
+        else:
+            self.clear_count += 1  # a refused stroke is no target but still drawn
+            s.validation = None
+        s.notify("target cleared", "info")
 
     @param.depends("state.target", "state.candidates", "state.validation")
     def _status_text(self):
         t = self.state.target
-        c = self.state.candidates
+        c = self.own_candidates()
         if not t:
             return "_No target yet._"
+        if c is None and self.state.candidates is not None:
+            return (f"Target (black dashed): **{t['label']}** ({len(t['x'])} points). The candidates below are from "
+                    f"{self.state.candidates_origin}, not this target: search to get its candidates.")
         n = 0 if c is None else len(c)
         with_dos = 0 if c is None else int(c["has_dos"].sum())
         return (f"Target (black dashed): **{t['label']}** ({len(t['x'])} points). {n} candidates, {with_dos} with a "
@@ -198,10 +247,13 @@ class TargetDOSView(pn.viewable.Viewer):
         search.on_click(self.search)
         clear = pn.widgets.Button(label="Clear target", color="default")
         clear.on_click(self.clear)
+        material = pn.widgets.TextInput.from_param(self.param.material_id, label="Material id (DOS as target)",
+                                                   placeholder="e.g. mp-2 (empty: the focused one); Enter",
+                                                   css_classes=["mlcm-material-id"])
+        material.param.watch(self.use_material, "enter_pressed")  # Enter does what the button does
         return pn.Column(
             pn.widgets.Checkbox.from_param(self.param.search_on_draw, label="search as soon as a stroke ends"),
-            pn.widgets.TextInput.from_param(self.param.material_id, label="Material id (DOS as target)",
-                                            placeholder="e.g. mp-2 (empty: the focused one)"),
+            material,
             use,
             pn.pane.Markdown("Upload a DOS CSV (energy eV, DOS):", margin=(0, 10)),
             self._csv,

@@ -83,3 +83,24 @@ def test_property_card_has_hints_and_predictions_beside_labels(state):
     assert gap["predicted"] == f"{expected['value']:.3g}" and gap["predicted"] in text
     assert set(table["quantity"]) == {"band_gap", "formation_energy_per_atom", "k_vrh", "g_vrh"}
     assert table.set_index("quantity").loc["k_vrh", "unit"] == "GPa"
+
+
+def test_card_and_dos_view_show_the_same_material(state):
+    """Without a focus the card showed the last selected id while the DOS view drew the first one with a DOS
+    black and thick; both now follow AppState.shown_material."""
+    t = state.table
+    no_dos = t.loc[t["has_structure"] & ~t["has_dos"], "id"].iloc[0]
+    with_dos = t.loc[t["has_dos"], "id"].iloc[:3].tolist()
+    card, dos = PropertyCard(state=state), DOSView(state=state)
+    state.select_ids([no_dos, *with_dos], origin="test")
+    assert dos.curve_ids(state.selected_ids)[0] == with_dos[0]
+    assert f"{with_dos[0]} " in card._pane.object and f"{with_dos[-1]} " not in card._pane.object
+    assert "(in the card)" in dos._note.object
+    state.focus_id = with_dos[2]
+    assert dos.curve_ids(state.selected_ids, state.focus_id)[0] == with_dos[2] and with_dos[2] in card._pane.object
+
+
+def test_a_material_without_formula_says_why(state):
+    t = state.table
+    mid = t.loc[t["formula"].isna(), "id"].iloc[0]
+    assert "formula unknown" in PropertyCard(state=state).card_html([], focus=mid)

@@ -146,3 +146,26 @@ def test_a_change_updates_only_its_layer_of_the_rendered_map(view, state):
     assert not np.array_equal(np.asarray(image.data["image"][0]), before)
     state.focus_id = str(state.frame["id"].iloc[0])
     assert list(layers["marks"].handles["source"].data["x"]) == [state.frame["x"].iloc[0]]
+
+
+def test_clear_selection_and_a_missed_click_say_so(view, state):
+    """"lasso selected N" stayed in the message area after Clear selection; a click far from every point did
+    nothing at all."""
+    view._on_lasso(geometry=np.asarray([[0, 0], [5, 0], [5, 5], [0, 5]], float))
+    assert state.message.startswith("lasso selected")
+    view.clear()
+    assert state.selected_ids == [] and state.message == "selection cleared: all materials"
+    state.focus_id = "mp-830"
+    view.click(x=1e6, y=1e6)
+    assert state.focus_id == "mp-830" and "no material at the click" in state.message
+
+
+def test_an_unknown_element_is_said_not_coloured(view, state):
+    """"Xx" used to colour as "contains Xx (0)"."""
+    view.color_by = "element present"
+    view.element = "fe"
+    n_fe = int(sum("Fe" in e for e in state.frame["elements"]))
+    assert f"contains Fe ({n_fe:,})" in view._legend_html() and n_fe > 0 and state.message_level != "error"
+    view.element = "Xx"
+    assert "unknown element symbol 'Xx'" in view._legend_html() and "contains" not in view._legend_html()
+    assert state.message_level == "error" and "unknown element symbol 'Xx'" in state.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,6 +77,9 @@ def test_target_from_a_material_and_from_a_csv(state):
     view.material_id = "perov5:1"  # no DOS
     view.use_material()
     assert state.message_level == "error" and "no DOS" in state.message
+    view.material_id = "mp-does-not-exist"
+    view.use_material()
+    assert state.message_level == "error" and "unknown material id 'mp-does-not-exist'" in state.message
     csv = b"energy,dos\n-8,0.1\n-2,1.5\n0,0.2\n3,2.0\n8,0.3\n"
     view._csv.filename = "t.csv"
     view._on_csv(types.SimpleNamespace(new=csv))
@@ -99,11 +103,16 @@ def test_candidates_table_and_downloads(state):
     assert view._table.value["rank"].is_monotonic_increasing
     view._on_select(types.SimpleNamespace(new=[2]))
     assert state.focus_id == state.candidates["id"].iloc[2]
-    for fmt in ("csv", "json", "cif_zip"):
+    for fmt in ("json", "cif_zip"):
         path = view._make_callback(fmt)()
         table, header = read_export(path)
         assert table["id"].astype(str).tolist() == state.candidates["id"].tolist()
         assert header["query"]["targets"][0]["id"] == "mp-830"
+        Path(path).unlink()
+    path = Path(view._make_callback("csv")())
+    assert pd.read_csv(path)["id"].astype(str).tolist() == state.candidates["id"].tolist()
+    path.unlink()
+    path.with_name(path.name.removesuffix(".csv") + ".query.json").unlink()
 
 
 def test_download_without_candidates_is_a_message(state):
@@ -160,3 +169,145 @@ def test_browse_table_keeps_selection_order(state):
 def test_notify_without_a_document(state, level):
     state.notify("hello", level)
     assert state.message == "hello" and state.message_level == level
+
+
+def test_download_buttons_name_the_file_and_refuse_an_empty_selection_quietly(state):
+    """The button delivers the file under its own name (was always mlcm_export.*); an empty selection is a
+    message and no download, not a server traceback (FileDownload raised on the callback's None)."""
+    view = CandidatesView(state=state, export_what="selection")
+    csv_button = view._downloads[0]
+    csv_button._clicks += 1  # what a click does
+    assert csv_button.data is None and state.message_level == "error" and "nothing selected" in state.message
+    state.select_ids(state.clusters["ids"].iloc[1], origin=f"cluster {state.clusters['label'].iloc[1]}")
+    csv_button._clicks += 1
+    n = len(state.selected_ids)
+    assert csv_button.filename.startswith(f"mlcm-selection-cluster-C1-{n}-") and csv_button.filename.endswith(".csv")
+    assert csv_button.data.startswith("data:text/plain")
+    path = next(Path(state.explorer.export_root, "app", state.session_id).glob(csv_button.filename))
+    assert sorted(pd.read_csv(path)["id"]) == sorted(state.selected_ids)
+    for p in path.parent.iterdir():
+        p.unlink()
+
+
+def test_filters_in_force_are_named_for_an_upload_search(state):
+    """Filters apply to every search, an upload's too; the message and the candidates' title say so (NaCl's
+    own stored crystal, mp-22862, has no band gap and was silently missing from its results)."""
+    from pymatgen.io.cif import CifWriter
+
+    view = CandidatesView(state=state)
+    cif = str(CifWriter(state.dataset.structure("mp-22862"))).encode()
+    state.place_upload(cif, "NaCl.cif")
+    assert "mp-22862" in state.candidates["id"].tolist() and "no filters" in state.message
+    state.param.update(range_column="band_gap_mp_pbe", range_min=1.0)
+    state.place_upload(cif, "NaCl.cif")
+    assert "mp-22862" not in state.candidates["id"].tolist()
+    assert "filters: band_gap_mp_pbe 1…; unknown values dropped" in state.message
+    assert "**filters: band_gap_mp_pbe 1…; unknown values dropped**" in view._title.object
+
+
+def test_empty_limits_show_as_empty_boxes_not_nan(state):
+    """A cleared min/max (None) reaches the browser as no value; Panel's FloatInput sent NaN, shown as "NaN"."""
+    from bokeh.document import Document
+
+    col = FiltersView(state=state).__panel__()
+    doc = Document()
+    col.get_root(doc)
+    lo, hi = col[3]
+    state.range_min = 0.5
+    assert lo._models and [m.value for m, _ in lo._models.values()] == [0.5]
+    state.range_min = None
+    assert [m.value for m, _ in lo._models.values()] == [None]
+    assert [m.value for m, _ in hi._models.values()] == [None]
+
+
+def _in_a_running_loop(body) -> None:
+    """Run ``body`` where an event loop runs: without a server session, a rendered plot's stream callbacks
+    (the freehand stroke's, on a change of its source) are scheduled with ``asyncio.create_task``."""
+    import asyncio
+
+    async def main() -> None:
+        body()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+
+
+def _render(view: TargetDOSView):
+    from bokeh.document import Document
+
+    view._plot.get_root(Document())
+    plot = next(iter(view._plot._plots.values()))[0]
+    return plot, {sp.current_frame.label: sp.handles["source"] for sp in plot.subplots.values()
+                  if sp.current_frame is not None and "source" in sp.handles}
+
+
+def test_a_target_from_elsewhere_removes_the_stroke_and_clear_removes_its_candidates(state):
+    _in_a_running_loop(lambda: _target_from_elsewhere(state))
+
+
+def _target_from_elsewhere(state):
+    view = TargetDOSView(state=state)
+    plot, _ = _render(view)
+    stroke = view._draw.element  # the layer the browser's freehand tool writes into
+    stroke_source = next(sp.handles["source"] for sp in plot.subplots.values()
+                         if sp.current_frame is not None and isinstance(sp.current_frame, type(stroke)))
+    stroke_source.data = {"xs": [[-6.0, 0.0, 6.0]], "ys": [[1.0, 3.0, 1.0]]}  # a stroke drawn in the page
+    view._on_draw(data={"xs": [[-6.0, 0.0, 6.0]], "ys": [[1.0, 3.0, 1.0]]})
+    assert state.target["label"] == "drawn" and list(stroke_source.data["xs"]) == [[-6.0, 0.0, 6.0]]
+    view.material_id = "mp-2"
+    view.use_material()  # the stroke is not the target any more
+    assert state.target["label"] == "DOS of mp-2" and len(stroke_source.data["xs"]) == 0
+    assert state.candidates is not None and state.candidates_origin == "target DOS (DOS of mp-2)"
+    view.clear()
+    assert state.target is None and state.candidates is None and "target cleared" in state.message
+
+
+def test_other_searches_are_not_drawn_over_the_target(state):
+    """An upload's candidates replace the list but are not overlaid on (and scaled to) the older target."""
+    _in_a_running_loop(lambda: _upload_over_a_target(state))
+
+
+def _upload_over_a_target(state):
+    from pymatgen.io.cif import CifWriter
+
+    view = TargetDOSView(state=state)
+    _, sources = _render(view)
+    view._on_draw(data={"xs": [[-6, -3, 0, 2, 6]], "ys": [[1, 2, 5, 2, 1]]})
+    assert len(sources["cand0"].data["E"]) > 0
+    state.place_upload(str(CifWriter(state.dataset.structure("mp-830"))).encode(), "GaN.cif")
+    assert state.candidates is not None and state.candidates["has_dos"].any()
+    assert all(len(sources[f"cand{k}"].data["E"]) == 0 for k in range(MAX_OVERLAID))
+    assert len(sources["target"].data["E"]) > 0  # the target stays, with a word on whose candidates are listed
+    assert "not this target" in view._status_text()
+    view.clear()  # the upload's candidates are not the target's: they stay
+    assert state.candidates is not None and "uploaded structure GaN.cif" in state.candidates_origin
+
+
+def test_the_target_axis_grows_to_show_a_large_target(state):
+    _in_a_running_loop(lambda: _large_target(state))
+
+
+def _large_target(state):
+    view = TargetDOSView(state=state, search_on_draw=False)
+    plot, _ = _render(view)
+    y_range = plot.handles["y_range"]
+    assert y_range.end == 10.0
+    view.material_id = "mp-2229"  # DOS up to 44 states/eV
+    view.use_material()
+    top = float(np.max(state.target["dos"]))
+    assert top > 40 and y_range.start == 0 and y_range.end >= top
+    view.clear()
+    assert y_range.end == 10.0
+
+
+def test_enter_in_the_material_box_uses_its_dos(state):
+    view = TargetDOSView(state=state)
+    box = next(w for w in view.controls() if "mlcm-material-id" in (w.css_classes or []))
+    box._process_event(types.SimpleNamespace(event_name="enter-pressed", value_input="mp-2"))
+    assert state.target["label"] == "DOS of mp-2" and state.candidates is not None
+
+
+def test_a_click_on_the_target_axes_is_a_message(state):
+    view = TargetDOSView(state=state)
+    view._tap.event(x=0.5, y=2.0)
+    assert state.message_level == "warning" and "drag the mouse" in state.message and state.target is None

@@ -69,7 +69,7 @@ def test_place_upload_and_bad_uploads(state):
 
 def test_export_candidates_and_selection(state):
     state.run_query("test", material_id="mp-830")
-    path = state.export("candidates", "csv")
+    path = state.export("candidates", "json")
     table, header = read_export(path)
     assert table["id"].tolist() == state.candidates["id"].tolist() and header["query"]["k"] == state.k
     path.unlink()
@@ -79,7 +79,7 @@ def test_export_candidates_and_selection(state):
     assert sorted(table["id"]) == sorted(state.selected_ids) and header["query"]["kind"] == "map selection"
     path.unlink()
     state.select_ids([], "")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="nothing selected"):
         state.export("selection", "csv")
 
 
@@ -110,3 +110,72 @@ def test_a_repeated_query_comes_from_the_process_cache(state, monkeypatch):
     with pytest.raises(AttributeError):  # the patched query returns None
         state.run_query("test", dos=dos)
     assert calls == [1]
+
+
+def test_toasts_never_pile_up_and_errors_close(state, monkeypatch):
+    """At most one toast at a time (a new message replaces the stale one) and every toast closes by itself:
+    error toasts used to stay until closed one by one and piled up over the target-DOS plot."""
+    import panel as pn
+    from panel.io.notifications import NotificationArea
+
+    from app.store import TOAST_MS
+
+    area = NotificationArea()
+    monkeypatch.setattr(type(pn.state), "notifications", property(lambda self: area))
+    for k in range(5):
+        state.notify(f"search failed: {k}", "error")
+    assert [n.message for n in area.notifications] == ["search failed: 4"]
+    assert area.notifications[0].duration == TOAST_MS["error"] > 0 and area._clear == 4
+    state.notify("selected C1 (77 materials)", "info")  # the old error toast is stale now: gone, no new toast
+    assert area.notifications == [] and area._clear == 5 and state.message_level == "info"
+
+
+def test_exports_are_plain_named_and_hold_no_server_path(state, explore_path):
+    """CSV: a plain table for pandas.read_csv, its query in a sidecar; names say what and when; no absolute
+    server path in any exported file (the selection's query used to carry the explore folder)."""
+    import json
+    import re
+    import zipfile
+
+    import pandas as pd
+
+    from app.store import ROOT
+
+    state.run_query("material mp-830", material_id="mp-830")
+    csv = state.export("candidates", "csv")
+    assert re.fullmatch(r"mlcm-candidates-material-mp-830-search-25-\d{8}-\d{6}\.csv", csv.name)
+    table = pd.read_csv(csv)
+    assert table.shape[0] == 25 and table["id"].tolist() == state.candidates["id"].tolist()
+    sidecar = csv.with_name(csv.name.removesuffix(".csv") + ".query.json")
+    assert json.loads(sidecar.read_text())["query"]["targets"][0]["id"] == "mp-830"
+    state.select_polygon([(0, 0), (6, 0), (6, 6), (0, 6)])
+    n = len(state.selected_ids)
+    written = [csv, sidecar]
+    for fmt in ("csv", "json", "cif_zip"):
+        path = state.export("selection", fmt)
+        written.append(path)
+        assert path.name.startswith(f"mlcm-selection-lasso-{n}-")
+        if fmt == "csv":
+            assert sorted(pd.read_csv(path)["id"]) == sorted(state.selected_ids)
+            written.append(path.with_name(path.name.removesuffix(".csv") + ".query.json"))
+        if fmt == "cif_zip":
+            with zipfile.ZipFile(path) as zf:
+                assert len(pd.read_csv(zf.open("candidates.csv"))) == n
+                header = json.loads(zf.read("query.json"))
+            assert header["query"]["embeddings_sha256"] == state.explorer.manifest["files"]["embeddings.npz"]
+    for path in written:
+        data = path.read_bytes()
+        if path.name.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                data = b"".join(zf.read(m) for m in zf.namelist())
+        assert str(ROOT).encode() not in data and str(explore_path).encode() not in data, path.name
+        path.unlink()
+
+
+def test_shown_material_is_the_focus_else_the_first_selected_with_a_dos(state):
+    t = state.table
+    no_dos = t.loc[~t["has_dos"], "id"].iloc[:2].tolist()
+    with_dos = t.loc[t["has_dos"], "id"].iloc[:2].tolist()
+    assert state.shown_material([*no_dos, *with_dos]) == with_dos[0]
+    assert state.shown_material(no_dos) == no_dos[0] and state.shown_material([]) == ""
+    assert state.shown_material(with_dos, focus=no_dos[1]) == no_dos[1]

@@ -34,15 +34,30 @@ def test_a_drawn_stroke_returns_candidates(page):
 
 
 def test_export_downloads_the_candidates(page, tmp_path):
+    """Each download is named for what it holds; the CSV is a plain table; no file holds a server path."""
+    import re
+
+    import pandas as pd
+
     from mlcm_core.explore import read_export
+    from tests.browser.conftest import ROOT
 
     state = _draw_and_wait(page)
+    text = wait_for_text(page, "mlcm-message", lambda t: "candidates for target DOS (drawn)" in t)
+    assert "a click draws one point" not in text  # a stroke is not taken for a click
     ids = state["candidate_ids"]
     for fmt, cls in (("csv", "mlcm-download-csv"), ("json", "mlcm-download-json"), ("cif.zip", "mlcm-download-cif_zip")):
         with page.expect_download(timeout=120_000) as info:
             page.locator(f".{cls} button, .{cls} a").first.click()
-        path = tmp_path / f"candidates.{fmt}"
+        name = info.value.suggested_filename
+        assert re.fullmatch(rf"mlcm-candidates-dos-search-{K}-\d{{8}}-\d{{6}}\.{re.escape(fmt)}", name), name
+        path = tmp_path / name
         info.value.save_as(path)
+        if fmt == "csv":
+            table = pd.read_csv(path)
+            assert table.shape[0] == K and table["id"].astype(str).tolist() == ids
+            assert str(ROOT) not in path.read_text()
+            continue
         table, header = read_export(path)
         assert table["id"].astype(str).tolist() == ids, fmt
         assert header["query"]["k"] == K and header["query"]["targets"][0]["kind"] == "dos"
@@ -50,7 +65,11 @@ def test_export_downloads_the_candidates(page, tmp_path):
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
                 doc = json.loads(zf.read("query.json"))
+                assert pd.read_csv(zf.open("candidates.csv"))["id"].astype(str).tolist() == ids
+                assert not any(str(ROOT).encode() in zf.read(n) for n in names)
             assert len([n for n in names if n.endswith(".cif")]) + len(doc["without_structure"]) == K
+        else:
+            assert str(ROOT) not in path.read_text()
 
 
 def test_malformed_dos_csv_shows_a_message(page, tmp_path):
@@ -59,4 +78,12 @@ def test_malformed_dos_csv_shows_a_message(page, tmp_path):
     page.locator(".mlcm-dos-csv input[type=file]").set_input_files(str(bad))
     text = wait_for_text(page, "mlcm-message", lambda t: "failed" in t)
     assert "DOS CSV upload failed" in text and "bad.csv line 3" in text
+    assert app_debug(page)["n_candidates"] == 0
+
+
+def test_a_click_on_the_target_plot_is_a_message(page):
+    """The freehand tool drops a click (one point) without a word; the app says how to draw."""
+    frame = plot_frame(page, "Target DOS")
+    page.mouse.click(*data_to_px(frame, 0.0, 3.0))
+    wait_for_text(page, "mlcm-message", lambda t: "a click draws one point" in t)
     assert app_debug(page)["n_candidates"] == 0
