@@ -237,8 +237,9 @@ class AppState(param.Parameterized):
 
     # retrieval settings (FiltersView shows them)
     k = param.Integer(default=25, bounds=(1, 500), doc="number of candidates")
-    gallery = param.Selector(default="crystal", objects=["crystal", "dos", "density"],
-                             doc="which embedding represents a candidate")
+    gallery = param.Selector(default="auto", objects=["auto", "crystal", "dos", "density"],
+                             doc="which embedding represents a candidate; auto: a DOS search ranks the materials "
+                                 "by their stored DOS (what matches the target), other searches by their crystal")
     range_column = param.Selector(default="(none)", objects=["(none)"], doc="property range filter")
     range_min = param.Number(default=None, allow_None=True)
     range_max = param.Number(default=None, allow_None=True)
@@ -442,7 +443,8 @@ class AppState(param.Parameterized):
         if res is None:
             self.busy = True
             try:
-                res = self.explorer.query(**targets, filters=self.filters(), k=self.k, gallery=self.gallery)
+                res = self.explorer.query(**targets, filters=self.filters(), k=self.k,
+                                          gallery=self.search_gallery(targets))
             finally:
                 self.busy = False
             if key is not None:
@@ -457,6 +459,14 @@ class AppState(param.Parameterized):
         self.notify(f"{len(res)} candidates for {origin} ({time.perf_counter() - t:.2f} s)"
                     + (f"; filters: {filters}" if filters else "; no filters"), "success")
         return res
+
+    def search_gallery(self, targets: dict[str, Any]) -> str:
+        """The Explorer gallery of a search: the chosen one, or for "auto" the DOS gallery when the search has
+        a DOS target (a drawn 2 eV gap then finds gapped materials, not crystals whose embedding is near),
+        else the crystal gallery."""
+        if self.gallery != "auto":
+            return self.gallery
+        return "dos" if "dos" in targets else "crystal"
 
     def clear_candidates(self) -> None:
         self._candidates_key = None

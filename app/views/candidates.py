@@ -17,7 +17,8 @@ import param
 from app.panes import LiveMarkdown
 from app.store import AppState, UserError
 
-SHOWN = ["rank", "id", "formula", "score", "sim_dos", "sim_structure", "sim_material", "source", "spacegroup_symbol",
+SHOWN = ["rank", "id", "formula", "score", "sim_dos", "sim_structure", "sim_material", "dos_mae_to_target", "source",
+         "spacegroup_symbol",
          "nsites", "has_dos", "has_charge_density", "region_count", "modality_disagreement"]
 FORMATS = {"csv": ".csv", "json": ".json", "cif_zip": ".cif.zip"}
 

@@ -311,3 +311,24 @@ def test_a_click_on_the_target_axes_is_a_message(state):
     view = TargetDOSView(state=state)
     view._tap.event(x=0.5, y=2.0)
     assert state.message_level == "warning" and "drag the mouse" in state.message and state.target is None
+
+
+def test_a_dos_search_answers_with_materials_whose_dos_matches(state):
+    """Default gallery "auto": a DOS target ranks materials by their stored DOS, and the table shows each
+    candidate's DOS MAE to the target; the crystal gallery (as before) returns materials without a DOS too."""
+    from app.views.candidates import CandidatesView
+
+    gapped = state.table[state.table["has_dos"] & (state.table["dos_band_gap"] > 1.5)]
+    mid = str(gapped["id"].iloc[0])
+    assert state.gallery == "auto"
+    view = TargetDOSView(state=state, material_id=mid)
+    view.use_material()
+    res = state.candidates
+    assert res["has_dos"].all() and res["dos_mae_to_target"].notna().all()
+    assert res.iloc[0]["id"] == mid and res.iloc[0]["dos_mae_to_target"] == 0.0  # its own stored DOS first
+    gaps = state.table.set_index("id").loc[res["id"], "dos_band_gap"]
+    assert (gaps > 0).mean() >= 0.8  # a gapped target finds gapped materials
+    assert "dos_mae_to_target" in CandidatesView(state=state).shown(res).columns
+    state.gallery = "crystal"
+    view.use_material()
+    assert not state.candidates["has_dos"].all()
