@@ -140,7 +140,7 @@ def cmd_dft_backfill_density(args: argparse.Namespace) -> int:
     print(f"{len(candidates)} GPAW materials hold the smooth pseudo density; computing {len(chosen)}, cheapest first",
           flush=True)
     summary = run_many({mid: candidates[mid] for mid, _ in chosen}, args.out, workers=args.workers,
-                       timeout=args.timeout, stages="scf")
+                       timeout=args.timeout, stages="scf", scheduler=args.scheduler)
     print(f"done {len(summary.done)}, failed {len(summary.failed)}, skipped {len(summary.skipped)}, "
           f"cancelled {len(summary.cancelled)}")
     return 0
@@ -168,7 +168,7 @@ def cmd_dft_run(args: argparse.Namespace) -> int:
     candidates = _dft_pool(args.store, args.max_sites, sources=args.sources)
     chosen = order_pool(candidates, max_sites=args.max_sites)[: args.limit]
     structures = {mid: candidates[mid] for mid, _ in chosen}
-    summary = run_many(structures, args.out, workers=args.workers, timeout=args.timeout)
+    summary = run_many(structures, args.out, workers=args.workers, timeout=args.timeout, scheduler=args.scheduler)
     print(f"done {len(summary.done)}, failed {len(summary.failed)}, skipped {len(summary.skipped)}, "
           f"cancelled {len(summary.cancelled)}")
     return 0
@@ -403,7 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = dft.add_parser("run", help="compute DOS and density for the pool, cheapest first (resumable)")
     p.add_argument("--store", type=Path, default=DEFAULT_STORE)
     p.add_argument("--out", type=Path, default=Path("var") / "dft")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster (without --scheduler)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on this running Dask cluster (tcp://host:8786) instead of a local one; its workers "
+                        "must see --out (docs/scale.md)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per material")
     p.add_argument("--max-sites", type=int, default=10)
     p.add_argument("--sources", choices=sorted(DFT_POOL_SOURCES), default="mp",
@@ -414,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = dft.add_parser("backfill-density", help="SCF-only reruns: the VASP-like density for stored GPAW materials")
     p.add_argument("--store", type=Path, default=DEFAULT_STORE)
     p.add_argument("--out", type=Path, default=Path("var") / "dft_density")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster (without --scheduler)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on this running Dask cluster (tcp://host:8786) instead of a local one (docs/scale.md)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per material")
     p.add_argument("--limit", type=int, default=None, help="at most this many materials")
     p.set_defaults(func=cmd_dft_backfill_density)

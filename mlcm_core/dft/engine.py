@@ -3,7 +3,8 @@
 GPAW only imports under Debian's /usr/bin/python3, so every calculation is a subprocess running
 worker.py; this module (project interpreter) prepares the job, enforces the timeout, can cancel, and
 turns the worker's .npz into the project's MaterialRecord. Outputs live in one directory, one
-`<id>.npz` or `<id>.failed` per material, which is what makes `run_many` resumable.
+`<id>.npz` or `<id>.failed` per material, which is what makes `run_many` resumable. `run_many` runs a
+campaign as Dask tasks (mlcm_core/dft/campaign.py): on a LocalCluster, or on a running cluster by address.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import uuid
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -48,6 +49,7 @@ __all__ = [
     "run_many",
     "run_worker",
     "setup_valence",
+    "write_failed",
 ]
 
 GPAW_PYTHON = "/usr/bin/python3"
@@ -212,10 +214,12 @@ def _worker_env(threads: int) -> dict[str, str]:
 
 
 def run_worker(job: dict[str, Any], timeout: float | None = None, cancel: threading.Event | None = None,
-               python: str = GPAW_PYTHON) -> Path:
-    """Run worker.py on `job` in its own process group; kill the group on timeout or cancel.
+               python: str = GPAW_PYTHON, memory_limit: int | None = None) -> Path:
+    """Run worker.py on `job` in its own process group; kill the group on timeout, cancel or memory limit.
 
-    Raises DFTError (with the worker's stderr tail) on failure or timeout, Cancelled on cancel.
+    ``memory_limit`` (bytes) caps the resident memory of the worker's process tree: a Dask worker's limit
+    only covers the worker process itself, and GPAW's memory lives in this subprocess.
+    Raises DFTError (with the worker's stderr tail) on failure, timeout or memory, Cancelled on cancel.
     """
     threads = int(job["protocol"].get("threads", 1))
     timeout = timeout or float(job["protocol"].get("timeout_s", PROTOCOL.timeout_s))
@@ -226,15 +230,18 @@ def run_worker(job: dict[str, Any], timeout: float | None = None, cancel: thread
         assert proc.stdin is not None
         proc.stdin.write(json.dumps({**job, "parent_pid": os.getpid()}).encode())  # the worker exits if we die
         proc.stdin.close()
-        start, reason = time.monotonic(), None
+        start, reason, polls = time.monotonic(), None, 0
         while proc.poll() is None:
             if cancel is not None and cancel.is_set():
                 reason = "cancelled"
             elif time.monotonic() - start > timeout:
                 reason = f"timeout after {timeout:.0f} s"
+            elif memory_limit and polls % 5 == 0 and (rss := _tree_rss(proc.pid)) > memory_limit:
+                reason = f"memory limit: {rss / 2**30:.2f} GiB > {memory_limit / 2**30:.2f} GiB"
             if reason:
                 _kill_group(proc)
                 break
+            polls += 1
             time.sleep(0.2)
         err.seek(0)
         stderr = err.read().decode(errors="replace")
@@ -245,6 +252,22 @@ def run_worker(job: dict[str, Any], timeout: float | None = None, cancel: thread
     if proc.returncode != 0 or not Path(job["out"]).exists():
         raise DFTError(f"worker exit code {proc.returncode}\n{stderr[-8000:]}")
     return Path(job["out"])
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and its descendants (GPAW may start helpers); 0 once it is gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += p.memory_info().rss
+    return total
 
 
 def _inherit_niceness(pid: int) -> None:
@@ -353,25 +376,34 @@ class RunSummary:
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    ran_on: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (Dask worker address, pid) that ended it
 
 
-def _write_failed(path: Path, text: str) -> None:
+def write_failed(path: Path, text: str) -> None:
+    """Record a failure atomically: a `.failed` is a result too (never retried by a resumed run)."""
     atomic_write_text(path, text)
 
 
 def run_many(structures: dict[str, Any], out_dir: str | Path, workers: int = 1, timeout: float | None = None,
              protocol: DFTProtocol = PROTOCOL, cancel: threading.Event | None = None,
-             progress: bool = True, stages: str = "scf+dos") -> RunSummary:
-    """Compute many materials cheapest first, resumably; failures become `<id>.failed` (traceback).
+             progress: bool = True, stages: str = "scf+dos", scheduler: str | None = None) -> RunSummary:
+    """Compute many materials cheapest first, resumably, as Dask tasks; failures become `<id>.failed`.
 
-    ``stages="scf"`` computes the SCF and densities only (the density backfill).
+    Without ``scheduler`` a LocalCluster of ``workers`` processes runs the campaign (one thread each, a
+    memory limit each, the caller's niceness); with one (``tcp://host:8786``) the tasks go to that running
+    cluster, whose workers must see ``out_dir`` and import mlcm_core (docs/scale.md). Each material is one
+    idempotent task (mlcm_core/dft/campaign.py): a task whose worker dies is rerun elsewhere by Dask and
+    never records a material twice. Ids with an `.npz` or `.failed` are skipped; with nothing to do no
+    cluster is started. ``stages="scf"`` computes the SCF and densities only (the density backfill).
 
-    The tqdm bar counts estimated seconds, so its ETA accounts for materials getting dearer down the list.
-    Ctrl-C (or `cancel.set()`) kills running workers and records nothing for them.
+    Results are collected as they finish. The tqdm bar counts estimated seconds, so its ETA accounts for
+    materials getting dearer down the list; the Dask dashboard address is printed above it.
+    Ctrl-C (or `cancel.set()`) kills running GPAW processes and records nothing for them. A second
+    campaign on the same out_dir while one runs raises DFTError (mlcm_core.dft.campaign.exclusive_campaign).
     """
-    from tqdm import tqdm
+    from mlcm_core.dft import campaign
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # workers may run elsewhere, with another working directory
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     cancel = cancel or threading.Event()
     summary = RunSummary()
@@ -383,38 +415,111 @@ def run_many(structures: dict[str, Any], out_dir: str | Path, workers: int = 1, 
         try:
             todo.append((mid, estimate_cost(st, protocol).seconds))
         except DFTError as exc:
-            _write_failed(out_dir / f"{mid}.failed", f"DFTError: {exc}\n")
+            write_failed(out_dir / f"{mid}.failed", f"DFTError: {exc}\n")
             summary.failed.append(mid)
     todo.sort(key=lambda t: t[1])
-
-    def one(mid: str) -> None:
-        if cancel.is_set():
-            raise Cancelled(mid)
-        job = build_job(structures[mid], out_dir / f"{mid}.npz", protocol, mid, out_dir / "logs" / f"{mid}.txt",
-                        stages=stages)
-        run_worker(job, timeout, cancel)
-
-    bar = tqdm(total=round(sum(t for _, t in todo)), unit="est-s", disable=not progress, smoothing=0.1)
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    try:
-        futures = {pool.submit(one, mid): (mid, est) for mid, est in todo}
-        for fut in as_completed(futures):
-            mid, est = futures[fut]
-            try:
-                fut.result()
-                summary.done.append(mid)
-            except Cancelled:
-                summary.cancelled.append(mid)
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded, the batch goes on
-                _write_failed(out_dir / f"{mid}.failed", f"{type(exc).__name__}: {exc}\n")
-                summary.failed.append(mid)
-            bar.update(round(est))
-            bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
-    except KeyboardInterrupt:
-        cancel.set()
-        raise
-    finally:
-        cancel_pending = cancel.is_set()
-        pool.shutdown(wait=True, cancel_futures=cancel_pending)
-        bar.close()
+    if not todo:
+        return summary
+    with campaign.exclusive_campaign(out_dir):
+        _run_tasks(todo, structures, out_dir, workers, timeout, protocol, cancel, progress, stages, scheduler,
+                   summary)
     return summary
+
+
+def _run_tasks(todo: list[tuple[str, float]], structures: dict[str, Any], out_dir: Path, workers: int,
+               timeout: float | None, protocol: DFTProtocol, cancel: threading.Event, progress: bool, stages: str,
+               scheduler: str | None, summary: RunSummary) -> None:
+    """Submit one Dask task per material (cheapest first) and file each outcome as it finishes."""
+    from tqdm import tqdm
+
+    from mlcm_core.dft import campaign
+
+    campaign.remove_stale_temporaries(out_dir)  # no writer of ours is alive: the campaign holds the lock
+    token = uuid.uuid4().hex[:12]
+    bar = tqdm(total=round(sum(t for _, t in todo)), unit="est-s", disable=not progress, smoothing=0.1)
+    with campaign.campaign_client(workers, scheduler) as client:
+        if progress:
+            n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+            bar.write(f"Dask: {n} workers at {client.scheduler.address}; dashboard {client.dashboard_link}")
+        futures: dict[Any, tuple[str, float]] = {}
+        for rank, (mid, est) in enumerate(todo):  # cheapest first: Dask runs higher priority first
+            job = build_job(structures[mid], out_dir / f"{mid}.npz", protocol, mid,
+                            out_dir / "logs" / f"{mid}.txt", stages=stages)
+            fut = client.submit(campaign.material_task, job, timeout, token, key=f"mlcm-dft-{token}-{rank}",
+                                priority=len(todo) - rank, pure=False)
+            futures[fut] = (mid, est)
+        pending = set(futures)
+        try:
+            while pending:
+                if cancel.is_set():
+                    _cancel_campaign(client, token, pending)
+                    break
+                finished = [f for f in pending if f.done()]
+                if not finished:
+                    time.sleep(0.05)
+                    continue
+                for fut in finished:
+                    pending.discard(fut)
+                    mid, est = futures[fut]
+                    _collect(fut, mid, out_dir, summary)
+                    bar.update(round(est))
+                    bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
+        except KeyboardInterrupt:
+            cancel.set()
+            _cancel_campaign(client, token, pending)
+            raise
+        finally:
+            for fut in pending:  # cancelled, or still running when a Ctrl-C came: nothing recorded
+                mid, _ = futures[fut]
+                if _collect(fut, mid, out_dir, summary) is None:
+                    summary.cancelled.append(mid)
+            with contextlib.suppress(Exception):
+                client.run(campaign.forget_cancel, token)
+            bar.close()
+    campaign.remove_stale_temporaries(out_dir)  # every task has ended: what a killed writer left is stale
+
+
+def _collect(fut: Any, mid: str, out_dir: Path, summary: RunSummary) -> str | None:
+    """File one finished task's outcome in the summary; None while it has not finished."""
+    from mlcm_core.dft.campaign import TaskOutcome
+
+    if not fut.done():
+        return None
+    if fut.cancelled():
+        summary.cancelled.append(mid)
+        return "cancelled"
+    exc = fut.exception()
+    if exc is None:
+        outcome: TaskOutcome = fut.result()
+        summary.ran_on[mid] = (outcome.worker, outcome.pid)
+        (summary.done if outcome.status == "done" else summary.failed).append(mid)
+        return outcome.status
+    if isinstance(exc, Cancelled):
+        summary.cancelled.append(mid)
+        return "cancelled"
+    # what the task could not record itself: e.g. KilledWorker (it took down `allowed-failures` workers)
+    write_failed(out_dir / f"{mid}.failed", f"{type(exc).__name__}: {exc}\n")
+    summary.failed.append(mid)
+    return "failed"
+
+
+def _cancel_campaign(client: Any, token: str, pending: set[Any], wait_s: float = 30.0) -> None:
+    """Stop a campaign: queued tasks are dropped, running ones kill their GPAW process group and end."""
+    from mlcm_core.dft import campaign
+
+    with contextlib.suppress(Exception):
+        client.run(campaign.set_cancel, token)
+    running = _running_keys(client)
+    client.cancel([f for f in pending if f.key not in running])
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not all(f.done() for f in pending):
+        time.sleep(0.1)
+
+
+def _running_keys(client: Any) -> set[str]:
+    """Keys of tasks executing on some worker now (their GPAW run must end by the cancel flag, not be dropped)."""
+    try:
+        processing = client.processing()
+    except Exception:  # noqa: BLE001 - a lost scheduler: nothing to keep
+        return set()
+    return {str(k) for keys in processing.values() for k in keys}

@@ -8,8 +8,11 @@
     was in flight, every result .npz loads, and temporary files never count as results (also for ``mlcm dft
     ingest``).
 (c) a corrupted file in a copy of a store: opening (and ``mlcm data info``) names that file.
+(d) one worker process of the campaign's Dask LocalCluster is SIGKILLed while its material is in flight: Dask
+    reruns that task on another worker, every material ends exactly once, nothing half-written is left, and a
+    rerun does nothing new.
 
-(a) and (b) start real subprocesses (about 20-40 s each on 2 shared cores); everything runs in tmp_path.
+(a), (b) and (d) start real subprocesses (about 20-40 s each on 2 shared cores); everything runs in tmp_path.
 """
 
 from __future__ import annotations
@@ -220,3 +223,79 @@ def test_corrupted_store_file_is_named_on_open(tiny_store, tmp_path, victim, cap
     # the intact original still opens, and the manifest of the copy still says what the file should be
     assert DatasetStore.open(tiny_store.root).info()["materials"] == 16
     assert json.loads((store / "manifest.json").read_text())["shards"][0]["files"][f"shards/fixture/{victim}"]
+
+
+# ---- (d) a Dask worker of a campaign ------------------------------------------------------------------
+
+CAMPAIGN_IDS = ("mp-test-al", "mp-test-li", "mp-test-c", "mp-test-cu", "mp-test-w", "mp-test-si")  # ~2-3 s each
+
+
+@pytest.mark.slow
+def test_kill9_of_a_dask_worker_reruns_its_material_elsewhere(tmp_path):
+    import threading
+
+    import psutil
+
+    from mlcm_core.dft.engine import gpaw_available, record_from_npz, run_many
+    from mlcm_core.dft.protocol import LOW_PROTOCOL
+
+    reason = gpaw_available()
+    if reason:
+        skip_unless_ci(f"no GPAW: {reason}")
+    out = tmp_path / "dft"
+    structures = {k: v for k, v in simple_structures().items() if k in CAMPAIGN_IDS}
+    me = psutil.Process()
+    killed: dict = {}
+
+    def in_flight() -> tuple | None:
+        """(GPAW process, its Dask worker, material id) of a material running with another already done."""
+        if not any(out.glob("*.npz")):
+            return None
+        for proc in me.children(recursive=True):
+            try:
+                if "worker.py" not in " ".join(proc.cmdline()):
+                    continue
+                logs = [Path(f.path) for f in proc.open_files() if Path(f.path).parent == out / "logs"]
+                worker = proc.parent()
+            except psutil.NoSuchProcess:
+                continue
+            if logs and worker is not None and worker.ppid() == me.pid and not (out / f"{logs[0].stem}.npz").exists():
+                return proc, worker, logs[0].stem
+        return None
+
+    def killer() -> None:  # kills one worker process this test's cluster started, by its pid
+        end = time.monotonic() + 300
+        while time.monotonic() < end:
+            found = in_flight()
+            if found:
+                gpaw, worker, mid = found
+                os.kill(worker.pid, signal.SIGKILL)
+                killed.update(gpaw=gpaw, pid=worker.pid, id=mid)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    summary = run_many(structures, out, workers=2, protocol=LOW_PROTOCOL, progress=False, timeout=300)
+    thread.join(timeout=5)
+    assert killed, "no worker was killed: the campaign ended before a material was in flight"
+    _gone, alive = psutil.wait_procs([killed["gpaw"]], timeout=5)
+    assert not alive, "the killed worker's GPAW process outlived it"
+
+    # every material ended exactly once, the killed one on another worker process
+    assert sorted(summary.done) == sorted(CAMPAIGN_IDS) and len(summary.done) == len(CAMPAIGN_IDS)
+    assert not summary.failed and not summary.cancelled and not summary.skipped
+    assert killed["id"] in summary.done and summary.ran_on[killed["id"]][1] != killed["pid"]
+    assert killed["pid"] not in {pid for _, pid in summary.ran_on.values()}
+    # nothing half-written: one loadable result per material and nothing else
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(f"{k}.npz" for k in CAMPAIGN_IDS)
+    for k in CAMPAIGN_IDS:
+        rec = record_from_npz(out / f"{k}.npz", k, structures[k], protocol=LOW_PROTOCOL)
+        assert rec.dos.total.shape == (601,) and rec.density.grid.shape == (32, 32, 32)
+
+    before = {p.name: p.read_bytes() for p in out.glob("*.npz")}
+    start = time.monotonic()
+    again = run_many(structures, out, workers=2, protocol=LOW_PROTOCOL, progress=False, timeout=300)
+    assert sorted(again.skipped) == sorted(CAMPAIGN_IDS) and not again.done and not again.failed
+    assert time.monotonic() - start < 5  # nothing to do: no cluster is even started
+    assert {p.name: p.read_bytes() for p in out.glob("*.npz")} == before
