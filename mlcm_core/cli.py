@@ -146,29 +146,52 @@ def cmd_dft_backfill_density(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dft_pool(args: argparse.Namespace) -> int:
+def _ordered_pool(args: argparse.Namespace) -> tuple[dict, list]:
+    """(candidate structures, [(id, CostEstimate)] in the campaign's order: diverse or cheapest first)."""
     from mlcm_core.dft.engine import order_pool
 
-    pool = order_pool(_dft_pool(args.store, args.max_sites, sources=args.sources), max_sites=args.max_sites)
+    candidates = _dft_pool(args.store, args.max_sites, sources=args.sources)
+    if args.order == "cost":
+        return candidates, order_pool(candidates, max_sites=args.max_sites)
+    from mlcm_core.data.store import DatasetStore
+    from mlcm_core.dft.pool import campaign_order
+
+    return candidates, campaign_order(DatasetStore.open(args.store), candidates, max_sites=args.max_sites,
+                                      max_seconds=args.max_estimate)
+
+
+def cmd_dft_pool(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from mlcm_core.data.store import DatasetStore
+
+    _, pool = _ordered_pool(args)
     hours = sum(c.seconds for _, c in pool) / 3600
-    print(f"{len(pool)} eligible structures ({args.sources}) to compute (<= {args.max_sites} sites, PBE setups for every element); "
-          f"estimated {hours:.1f} core-hours")
+    print(f"{len(pool)} eligible structures ({args.sources}) to compute (<= {args.max_sites} sites, PBE setups for "
+          f"every element), {args.order} order; estimated {hours:.1f} core-hours")
+    head = [mid for mid, _ in pool[: args.coverage]]
+    if head:
+        t = DatasetStore.open(args.store).table.set_index("id").loc[head]
+        elements = {e for els in t["elements"] for e in els}
+        print(f"the next {len(head)}: {len(elements)} elements, crystal systems "
+              f"{dict(Counter(t['crystal_system']).most_common())}, estimated "
+              f"{sum(c.seconds for _, c in pool[: len(head)]) / 3600:.1f} core-hours")
     for mid, cost in pool[: args.show]:
         print(f"  {mid:12s} {cost}")
     return 0
 
 
 def cmd_dft_run(args: argparse.Namespace) -> int:
-    from mlcm_core.dft.engine import gpaw_available, order_pool, run_many
+    from mlcm_core.dft.engine import gpaw_available, run_many
 
     problem = gpaw_available()
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    candidates = _dft_pool(args.store, args.max_sites, sources=args.sources)
-    chosen = order_pool(candidates, max_sites=args.max_sites)[: args.limit]
-    structures = {mid: candidates[mid] for mid, _ in chosen}
-    summary = run_many(structures, args.out, workers=args.workers, timeout=args.timeout, scheduler=args.scheduler)
+    candidates, ordered = _ordered_pool(args)
+    structures = {mid: candidates[mid] for mid, _ in ordered[: args.limit]}
+    summary = run_many(structures, args.out, workers=args.workers, timeout=args.timeout, scheduler=args.scheduler,
+                       keep_order=True)
     print(f"done {len(summary.done)}, failed {len(summary.failed)}, skipped {len(summary.skipped)}, "
           f"cancelled {len(summary.cancelled)}")
     return 0
@@ -357,6 +380,18 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0  # not reached: execv replaces the process or raises OSError
 
 
+def _add_pool_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.add_argument("--max-sites", type=int, default=20)
+    p.add_argument("--sources", choices=sorted(DFT_POOL_SOURCES), default="mp",
+                   help="mp: MP structures (default); perov5: CDVAE perov_5 cells; all: both")
+    p.add_argument("--order", choices=["diverse", "cost"], default="diverse",
+                   help="diverse: elements, crystal systems, sizes, gap classes, magnetism first (mlcm_core/dft/pool.py); "
+                        "cost: cheapest first")
+    p.add_argument("--max-estimate", type=float, default=3600.0,
+                   help="diverse order: structures estimated above this many seconds come last")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlcm", description="Multimodal Learning for Crystalline Materials")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -392,25 +427,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     dft = sub.add_parser("dft", help="first-principles engine (GPAW)").add_subparsers(dest="dft_command", required=True)
-    p = dft.add_parser("pool", help="count and order the eligible MP structures by estimated cost")
-    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
-    p.add_argument("--max-sites", type=int, default=10)
-    p.add_argument("--sources", choices=sorted(DFT_POOL_SOURCES), default="mp",
-                   help="mp: MP structures (default); perov5: CDVAE perov_5 cells; all: both, cheapest first")
+    p = dft.add_parser("pool", help="count and order the eligible structures (diverse order by default)")
+    _add_pool_options(p)
     p.add_argument("--show", type=int, default=10)
+    p.add_argument("--coverage", type=int, default=500, help="summarise the next N: elements, crystal systems, cost")
     p.set_defaults(func=cmd_dft_pool)
 
-    p = dft.add_parser("run", help="compute DOS and density for the pool, cheapest first (resumable)")
-    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p = dft.add_parser("run", help="compute DOS and density for the pool, diverse order by default (resumable)")
     p.add_argument("--out", type=Path, default=Path("var") / "dft")
     p.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster (without --scheduler)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on this running Dask cluster (tcp://host:8786) instead of a local one; its workers "
                         "must see --out (docs/scale.md)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per material")
-    p.add_argument("--max-sites", type=int, default=10)
-    p.add_argument("--sources", choices=sorted(DFT_POOL_SOURCES), default="mp",
-                   help="mp: MP structures (default); perov5: CDVAE perov_5 cells; all: both, cheapest first")
+    _add_pool_options(p)
     p.add_argument("--limit", type=int, default=None, help="at most this many materials")
     p.set_defaults(func=cmd_dft_run)
 

@@ -386,7 +386,8 @@ def write_failed(path: Path, text: str) -> None:
 
 def run_many(structures: dict[str, Any], out_dir: str | Path, workers: int = 1, timeout: float | None = None,
              protocol: DFTProtocol = PROTOCOL, cancel: threading.Event | None = None,
-             progress: bool = True, stages: str = "scf+dos", scheduler: str | None = None) -> RunSummary:
+             progress: bool = True, stages: str = "scf+dos", scheduler: str | None = None,
+             keep_order: bool = False) -> RunSummary:
     """Compute many materials cheapest first, resumably, as Dask tasks; failures become `<id>.failed`.
 
     Without ``scheduler`` a LocalCluster of ``workers`` processes runs the campaign (one thread each, a
@@ -395,6 +396,7 @@ def run_many(structures: dict[str, Any], out_dir: str | Path, workers: int = 1, 
     idempotent task (mlcm_core/dft/campaign.py): a task whose worker dies is rerun elsewhere by Dask and
     never records a material twice. Ids with an `.npz` or `.failed` are skipped; with nothing to do no
     cluster is started. ``stages="scf"`` computes the SCF and densities only (the density backfill).
+    ``keep_order``: run in the order of ``structures`` instead of cheapest first.
 
     Results are collected as they finish. The tqdm bar counts estimated seconds, so its ETA accounts for
     materials getting dearer down the list; the Dask dashboard address is printed above it.
@@ -417,7 +419,8 @@ def run_many(structures: dict[str, Any], out_dir: str | Path, workers: int = 1, 
         except DFTError as exc:
             write_failed(out_dir / f"{mid}.failed", f"DFTError: {exc}\n")
             summary.failed.append(mid)
-    todo.sort(key=lambda t: t[1])
+    if not keep_order:  # else the caller's order (e.g. mlcm_core.dft.pool.diverse_order) is the priority
+        todo.sort(key=lambda t: t[1])
     if not todo:
         return summary
     with campaign.exclusive_campaign(out_dir):
