@@ -88,3 +88,22 @@ def test_place_by_neighbours_is_a_weighted_mean():
     far = place_by_neighbours(-np.ones((1, 16), np.float32) * 10, TopKIndex(np.abs(x)), pos, k=4)
     _, idx = TopKIndex(np.abs(x)).search(-np.ones(16, np.float32), 4)
     np.testing.assert_allclose(far[0], pos[idx[0]].mean(0), atol=1e-5)
+
+
+def test_canonical_placement_needs_no_numba_kernel(tmp_path):
+    """A fresh process places a point without importing umap (whose numba kernels took 20-45 s to compile in
+    a new server process on a fresh install): the canonical path is plain numpy."""
+    import subprocess
+    import sys
+
+    x = _clusters(120, seed=3)
+    UMAPProjection.fit(x[:100], n_neighbors=10, random_state=0).save(tmp_path)
+    code = ("import sys, numpy as np\n"
+            "from mlcm_core.explore.projection import UMAPProjection\n"
+            f"p = UMAPProjection.load({str(tmp_path)!r})\n"
+            f"xy = p.transform(np.load({str(tmp_path / 'q.npy')!r}))\n"
+            "assert np.isfinite(xy).all(), xy\n"
+            "print(sorted(m for m in ('umap', 'numba', 'pynndescent') if m in sys.modules))\n")
+    np.save(tmp_path / "q.npy", x[100:103].astype(np.float32))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
