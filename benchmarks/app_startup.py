@@ -48,12 +48,8 @@ def _free_port() -> int:
 
 
 def _panel_pid(cli_pid: int) -> int | None:
-    """`mlcm app` runs `panel serve` as a child process: the server whose memory we report."""
-    try:
-        kids = Path(f"/proc/{cli_pid}/task/{cli_pid}/children").read_text().split()
-        return int(kids[0]) if kids else None
-    except OSError:
-        return None
+    """`mlcm app` execs `panel serve` (same pid): the server whose memory we report is that process."""
+    return cli_pid if Path(f"/proc/{cli_pid}/status").exists() else None
 
 
 def _mem_mb(pid: int) -> dict[str, float]:

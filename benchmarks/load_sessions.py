@@ -112,7 +112,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}/main"
 
     def panel_process(self):
-        """The `panel serve` child (its RSS is the server's)."""
+        """The `panel serve` process: `mlcm app` execs it (same pid; a child with an older `mlcm app`)."""
         import psutil
 
         parent = psutil.Process(self.proc.pid)
