@@ -187,8 +187,12 @@ class DatasetStore:
         return cls(root, manifest)
 
     @classmethod
-    def open(cls, root: str | Path, verify: bool = True) -> DatasetStore:
-        """Open a store; with verify, every file's SHA-256 is checked against the manifest."""
+    def open(cls, root: str | Path, verify: bool = True, shards: int | None = None) -> DatasetStore:
+        """Open a store; with verify, every file's SHA-256 is checked against the manifest.
+
+        ``shards``: the store as it was after its first ``shards`` shards (append-only, so exactly what a
+        result computed then saw; e.g. a report whose densities were replaced by a later shard). Read-only.
+        """
         root = Path(root)
         path = root / MANIFEST
         if not path.exists():
@@ -202,6 +206,10 @@ class DatasetStore:
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"{path}: schema version {manifest.get('schema_version')!r} != {SCHEMA_VERSION}")
         _check_manifest_layout(path, manifest)
+        if shards is not None:
+            if not 0 < shards <= len(manifest["shards"]):
+                raise StoreError(f"{root} has {len(manifest['shards'])} shards, cannot open the first {shards}")
+            manifest = {**manifest, "shards": manifest["shards"][:shards], "read_only": True}
         store = cls(root, manifest)
         if verify:
             store.verify()
@@ -222,6 +230,8 @@ class DatasetStore:
                progress: bool = False) -> str:
         """Write records as a new shard (temp dir + rename, then the manifest atomically)."""
         records = list(records)
+        if self.manifest.get("read_only"):
+            raise StoreError("this store was opened as of an earlier shard (read-only): open it whole to append")
         if not records:
             raise StoreError("no records to append")
         if any(s["name"] == shard_name for s in self.manifest["shards"]):

@@ -115,3 +115,20 @@ def test_unknown_ids_raise(store):
     mp_id = store.table.loc[store.table["has_structure"], "id"].iloc[0]
     with pytest.raises(KeyError, match="without this modality"):
         store.dos(mp_id)
+
+
+def test_store_as_of_an_earlier_shard_is_what_it_was(default_store):
+    """Append-only: the first N shards are the store as it was then (a report's inputs), read-only."""
+    from mlcm_core.data.store import DatasetStore, StoreError
+
+    n = len(default_store.manifest["shards"])
+    earlier = DatasetStore.open(default_store.root, verify=False, shards=n - 1)
+    last = default_store.manifest["shards"][-1]["name"]
+    shard_cols = [c for c in earlier.table.columns if c.endswith("shard")]
+    assert shard_cols and not any((earlier.table[c] == last).any() for c in shard_cols)
+    assert any((default_store.table[c] == last).any() for c in shard_cols)
+    assert len(earlier.table) <= len(default_store.table)
+    with pytest.raises(StoreError, match="read-only"):
+        earlier.append([], "x", {})
+    with pytest.raises(StoreError, match="cannot open the first"):
+        DatasetStore.open(default_store.root, verify=False, shards=n + 1)

@@ -46,7 +46,8 @@ def test_shipped_checkpoint_reproduces_the_reported_retrieval(results):
     from mlcm_core.models.multimodal import MultimodalModel
 
     torch.set_num_threads(2)
-    store = load_dataset(ROOT / "precomputed" / "dataset", verify=False)
+    # the store as the report saw it (later shards may replace densities of these rows: the density backfill)
+    store = load_dataset(ROOT / "precomputed" / "dataset", verify=False, shards=results["store"]["shards"])
     model = MultimodalModel.from_checkpoint(CHECKPOINT)
     ids = results["checkpoint"]["eval"]["retrieval_ids"]
     emb = embed_split(model, store, ids)
