@@ -102,6 +102,7 @@ DFT_POOL_SOURCES = {"mp": ("matminer-0.3.9",), "perov5": ("cdvae-perov_5",), "al
 def _dft_pool(store_path: Path, max_sites: int, include_done: bool = False, sources: str | None = "mp") -> dict:
     """Structures of the store not yet computed with GPAW (nor recorded as failed); ``sources`` None = any."""
     from mlcm_core.data.store import DatasetStore
+    from mlcm_core.dft.pool import COMPUTED_SOURCES
 
     store = DatasetStore.open(store_path)
     t = store.table
@@ -109,7 +110,7 @@ def _dft_pool(store_path: Path, max_sites: int, include_done: bool = False, sour
     mp = t[chosen & t["has_structure"].astype(bool) & (t["nsites"] <= max_sites)]
     failed = set(json.loads(DFT_FAILED.read_text())) if DFT_FAILED.exists() else set()
     if not include_done:
-        done = mp["dos_source"].isin(["gpaw-engine", "dft-seed"]) & mp["has_charge_density"].astype(bool)
+        done = mp["dos_source"].isin(COMPUTED_SOURCES) & mp["has_charge_density"].astype(bool)
         mp = mp[~done & ~mp["id"].isin(failed)]
     return {mid: store.structure(mid) for mid in mp["id"]}
 
@@ -118,11 +119,12 @@ def _density_backfill_pool(store_path: Path) -> dict:
     """GPAW materials of the store whose density is still the smooth pseudo density (before the VASP-like one)."""
     from mlcm_core.data.store import DatasetStore
     from mlcm_core.dft.engine import DENSITY_CONVENTIONS
+    from mlcm_core.dft.pool import COMPUTED_SOURCES
 
     store = DatasetStore.open(store_path)
     t = store.table
     old = (t["has_charge_density"].astype(bool) & t["has_structure"].astype(bool)
-           & t["density_source"].isin(["gpaw-engine", "dft-seed"])
+           & t["density_source"].isin(COMPUTED_SOURCES)
            & (t["density_convention"] == DENSITY_CONVENTIONS["smooth_pseudo"]))
     return {mid: store.structure(mid) for mid in t.loc[old, "id"]}
 
