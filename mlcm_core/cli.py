@@ -268,8 +268,8 @@ def cmd_embed(args: argparse.Namespace, reuse_map: bool = True) -> int:
     from mlcm_core.explore.build import build_precomputed
 
     kwargs = {} if reuse_map else {"n_neighbors": args.n_neighbors, "min_dist": args.min_dist, "seed": args.seed}
-    path = build_precomputed(args.store, args.checkpoint, args.out, workers=args.workers, reuse_map=reuse_map,
-                             **kwargs)
+    path = build_precomputed(args.store, args.checkpoint, args.out, reuse_map=reuse_map, scheduler=args.scheduler,
+                             dask_workers=args.workers, chunk=args.chunk, **kwargs)
     manifest = json.loads((path / "manifest.json").read_text())
     print(json.dumps({"counts": manifest["counts"], "placement": manifest["placement"]}))
     print(f"wrote {path}")
@@ -493,7 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--store", type=Path, default=DEFAULT_STORE)
         p.add_argument("--checkpoint", type=Path, default=Path("precomputed/checkpoint"))
         p.add_argument("--out", type=Path, default=Path("precomputed"), help="writes <out>/explore")
-        p.add_argument("--workers", type=int, default=0)
+        p.add_argument("--workers", type=int, default=0,
+                       help="embed chunks of the store on a local Dask cluster of this many processes (without "
+                            "--scheduler); 0 (default): in this process, the fastest on one machine (docs/scale.md)")
+        p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="embed on this running Dask cluster (tcp://host:8786); its workers must see the store, "
+                            "--checkpoint and --out at the same paths (docs/scale.md)")
+        p.add_argument("--chunk", type=int, default=512, help="materials per task (per featurize/read step in process)")
         if name == "project":
             p.add_argument("--n-neighbors", type=int, default=15)
             p.add_argument("--min-dist", type=float, default=0.1)

@@ -15,7 +15,6 @@ client and every worker (a cluster filesystem on HPC).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -157,36 +156,16 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
 
 
 # -- clusters ------------------------------------------------------------------------------------
-@contextlib.contextmanager
 def campaign_client(workers: int = 1, scheduler: str | None = None,
-                    memory_limit: str | int = "auto") -> Iterator[Any]:
-    """A Dask client for a campaign: attached to ``scheduler`` (an address) or to a new LocalCluster.
+                    memory_limit: str | int = "auto") -> contextlib.AbstractContextManager[Any]:
+    """A Dask client for a campaign: ``mlcm_core.scale.dask_client``, shared with ``mlcm embed``.
 
-    The LocalCluster has ``workers`` processes with one thread each (one GPAW run per worker, GPAW itself
-    single-threaded: protocol.threads), a memory limit per worker ("auto": the machine's memory split
-    between them), and a dashboard on a free port. Worker processes inherit the caller's niceness, so
-    ``nice mlcm dft run`` stays nice (and run_worker gives each GPAW session the same niceness).
-    The cluster is closed on exit (its workers with it); an attached cluster is left running.
+    One thread per worker means one GPAW run per worker (GPAW itself single-threaded: protocol.threads);
+    run_worker gives each GPAW session the worker's niceness, which it inherits from the caller.
     """
-    from distributed import Client, LocalCluster
+    from mlcm_core.scale import dask_client
 
-    if scheduler:
-        client = Client(scheduler, set_as_default=False)
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
-                           memory_limit=memory_limit, dashboard_address=":0", silence_logs=logging.ERROR)
-    try:
-        client = Client(cluster, set_as_default=False)
-        try:
-            yield client
-        finally:
-            client.close()
-    finally:
-        cluster.close()
+    return dask_client(workers, scheduler, memory_limit)
 
 
 def slurm_cluster(*, cores: int = 32, memory: str = "120GB", walltime: str = "12:00:00",

@@ -20,11 +20,12 @@ once the new one is complete. Run ``python -m mlcm_core.explore.build --help``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,9 @@ def build_precomputed(
     verify_store: bool = True,
     progress: bool = True,
     reuse_map: bool = False,
+    scheduler: str | None = None,
+    dask_workers: int = 0,
+    chunk: int = 512,
 ) -> Path:
     """Embed a store, fit the map and write ``<out_dir>/explore/`` (see the module docstring).
 
@@ -117,6 +121,13 @@ def build_precomputed(
             the map keep their positions, new crystals are placed with the projection's ``transform``, others
             by their nearest crystals. The map a user knows stays put when the corpus grows (``mlcm embed``);
             without an existing build the map is fitted.
+        scheduler: embed on this running Dask cluster (an address): one task per chunk of ``chunk`` materials,
+            the model loaded once per worker. Its workers must see the store, ``out_dir`` and the graph cache
+            at the same paths.
+        dask_workers: without ``scheduler``, embed on a LocalCluster of this many processes when there is
+            more than one chunk to embed (a single chunk is embedded here: a cluster's start would cost more
+            than it saves); 0: always in this process. Either way the table is identical.
+        chunk: materials per chunk (see ``embed_store``).
 
     Returns:
         the path of the written ``explore`` folder.
@@ -128,10 +139,12 @@ def build_precomputed(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / EXPLORE_DIR
+    n_materials = len(ids) if ids is not None else len(store.table)
     with staged_dir(final) as tmp:
         model_dir = _copy_checkpoint(ckpt, tmp / "model")
-        table = embed_store(store, model_dir, ids=ids, batch_size=batch_size, cache_dir=cache_dir, workers=workers,
-                            progress=progress)
+        with _embedding_client(scheduler, dask_workers, n_materials, chunk) as (client, torch_threads):
+            table = embed_store(store, model_dir, ids=ids, batch_size=batch_size, chunk=chunk, cache_dir=cache_dir,
+                                workers=workers, progress=progress, client=client, torch_threads=torch_threads)
         if "crystal" not in table.rows or len(table.rows["crystal"]) < 4:
             raise ValueError("the map needs crystal embeddings of at least 4 materials")
         table.meta["checkpoint_path"] = str(Path(table.meta["checkpoint_path"]).relative_to(tmp))
@@ -191,6 +204,23 @@ def build_precomputed(
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return final
+
+
+@contextlib.contextmanager
+def _embedding_client(scheduler: str | None, dask_workers: int, n_materials: int,
+                      chunk: int) -> Iterator[tuple[Any, int | None]]:
+    """(Dask client or None for in-process, torch threads per task) for one build (see ``build_precomputed``).
+
+    On a LocalCluster each worker gets its share of the cores for torch (torch would otherwise start one thread
+    per core in every worker); on a remote cluster the workers' own setting (OMP_NUM_THREADS) is kept.
+    """
+    if not scheduler and (dask_workers <= 0 or n_materials <= chunk):
+        yield None, None
+        return
+    from mlcm_core.scale import dask_client
+
+    with dask_client(dask_workers, scheduler) as client:
+        yield client, (None if scheduler else max(1, (os.cpu_count() or 1) // max(1, dask_workers)))
 
 
 def _previous_map(explore_dir: Path, checkpoint_sha256: str) -> tuple[UMAPProjection, dict[str, Any], dict[str, str]] | None:

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import threading
+import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from mlcm_core.data.store import DatasetStore
     from mlcm_core.models.multimodal import MultimodalModel
 
-__all__ = ["EMBEDDINGS_FILE", "EmbeddingTable", "embed_store", "load_model_verified", "sha256_file"]
+__all__ = ["EMBEDDINGS_FILE", "EmbeddingTable", "embed_chunk_task", "embed_store", "load_model_verified", "sha256_file"]
 
 EMBEDDINGS_FILE = "embeddings.npz"
 FORMAT_VERSION = 1
@@ -171,6 +174,144 @@ def _batched(seq: Sequence[Any], size: int):
         yield seq[start : start + size]
 
 
+_FLAGS = {"crystal": "has_structure", "dos": "has_dos", "density": "has_charge_density"}
+
+
+def _plan(table: Any, all_ids: list[str], mods: Sequence[str], chunk: int) -> list[tuple[str, list[str]]]:
+    """The (modality, material ids) chunks to embed, in output order: the unit of work in and out of process.
+
+    Both paths embed exactly these chunks with the same batches, so their arrays are identical.
+    """
+    parts = []
+    for m in mods:
+        todo = [i for i, f in zip(all_ids, table[_FLAGS[m]].fillna(False).astype(bool)) if f]
+        parts.extend((m, list(part)) for part in _batched(todo, chunk if m != "density" else max(1, min(chunk, 64))))
+    return parts
+
+
+def _embed_part(model: MultimodalModel, store: DatasetStore, m: str, part: list[str], *, batch_size: int,
+                cache_dir: str | Path | None, workers: int) -> tuple[list[str], np.ndarray]:
+    """(ids embedded, (n, D) float32 vectors) of one chunk; a crystal that cannot be featurized is left out."""
+    from mlcm_core.featurize.dataset import MultimodalDataset
+
+    out_ids: list[str] = []
+    blocks: list[np.ndarray] = []
+    if m == "crystal":
+        ds = MultimodalDataset(store, part, graph_config=model.config.graph, cache_dir=cache_dir,
+                               modalities=("crystal",), labels=[], workers=workers, progress=False)
+        keep = [k for k in range(len(part)) if ds.has["crystal"][k]]
+        graphs = [ds[k].graph for k in keep]
+        for b in _batched(list(range(len(keep))), batch_size):
+            blocks.append(model.embed("crystal", [graphs[j] for j in b]).cpu().numpy())
+            out_ids.extend(part[keep[j]] for j in b)
+    else:
+        arr = store.dos(part) if m == "dos" else store.density(part)
+        for b in _batched(list(range(len(part))), batch_size):
+            blocks.append(model.embed(m, arr[b]).cpu().numpy())
+            out_ids.extend(part[j] for j in b)
+    vectors = np.concatenate(blocks) if blocks else np.zeros((0, int(model.config.embed_dim)), np.float32)
+    return out_ids, vectors
+
+
+# -- on Dask: one task per chunk, the model and the store opened once per worker process ----------------
+_WORKER_MODELS: dict[tuple[str, str], MultimodalModel] = {}
+_WORKER_STORES: dict[tuple[str, tuple[str, ...]], DatasetStore] = {}
+_WORKER_LOCK = threading.Lock()
+_WORKER_KEEP = 2  # models kept per worker: a long-lived worker serving successive builds does not pile them up
+WORKER_LOADS: list[tuple[str, str]] = []  # (path, sha256) of every model this process loaded: once per worker
+
+
+def _worker_model(checkpoint: str, sha256: str) -> MultimodalModel:
+    """This process's copy of the model, loaded on first use and verified against the client's SHA-256
+    (a worker that sees other weights at that path, e.g. without a shared filesystem, fails loudly)."""
+    from mlcm_core.train.checkpoint import CheckpointError
+
+    key = (checkpoint, sha256)
+    with _WORKER_LOCK:
+        if key not in _WORKER_MODELS:
+            model, desc = load_model_verified(checkpoint)
+            if desc["checkpoint_sha256"] != sha256:
+                raise CheckpointError(f"{checkpoint} holds other weights on this worker ({desc['checkpoint_sha256'][:12]} "
+                                      f"!= {sha256[:12]}): workers must see the client's files")
+            while len(_WORKER_MODELS) >= _WORKER_KEEP:
+                _WORKER_MODELS.pop(next(iter(_WORKER_MODELS)))
+            _WORKER_MODELS[key] = model
+            WORKER_LOADS.append(key)
+        return _WORKER_MODELS[key]
+
+
+def _worker_store(root: str, shards: tuple[str, ...]) -> DatasetStore:
+    """This process's handle on the store, opened once (the client verified it); it must hold the client's
+    shards (a store only grows by appending shards, so the chunk's rows are the ones the client saw)."""
+    from mlcm_core.data.store import DatasetStore, StoreError
+
+    key = (root, shards)
+    with _WORKER_LOCK:
+        if key not in _WORKER_STORES:
+            store = DatasetStore.open(root, verify=False)
+            seen = tuple(sh["name"] for sh in store.manifest["shards"])
+            if seen[: len(shards)] != shards:
+                raise StoreError(f"the store at {root} on this worker has shards {list(seen)}, not the client's "
+                                 f"{list(shards)}: workers must see the client's files")
+            _WORKER_STORES.clear()
+            _WORKER_STORES[key] = store
+        return _WORKER_STORES[key]
+
+
+def embed_chunk_task(store_root: str, shards: tuple[str, ...], checkpoint: str, sha256: str, modality: str,
+                     part: list[str], batch_size: int, cache_dir: str, torch_threads: int | None,
+                     ) -> tuple[list[str], np.ndarray, list[str]]:
+    """One Dask task: embed one chunk on a worker. Returns (ids, float32 vectors, warning messages); the
+    warnings (structures that cannot be featurized) are raised again on the client, where the user sees them."""
+    import torch
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    model = _worker_model(checkpoint, sha256)
+    store = _worker_store(store_root, shards)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        ids, vectors = _embed_part(model, store, modality, part, batch_size=batch_size, cache_dir=cache_dir, workers=0)
+    return ids, vectors, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def _embed_on_dask(client: Any, store: DatasetStore, checkpoint: str | Path, sha256: str,
+                   plan: list[tuple[str, list[str]]], *, batch_size: int, cache_dir: str | Path | None,
+                   torch_threads: int | None, progress: bool) -> list[tuple[list[str], np.ndarray]]:
+    """Submit one task per chunk and return their results in the plan's order (not the order they finish)."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from mlcm_core.featurize.dataset import DEFAULT_CACHE_DIR
+
+    root = str(Path(store.root).resolve())
+    shards = tuple(sh["name"] for sh in store.manifest["shards"])
+    ckpt = str(Path(checkpoint).resolve())
+    cache = str(Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).resolve())
+    run = uuid.uuid4().hex[:8]  # two builds on one cluster never share task keys
+    futures = [client.submit(embed_chunk_task, root, shards, ckpt, sha256, m, part, batch_size, cache, torch_threads,
+                             key=f"embed-{m}-{k}-{run}", pure=False, priority=-k)
+               for k, (m, part) in enumerate(plan)]
+    bar = tqdm(total=sum(len(p) for _, p in plan), desc="embedding on Dask", unit="mat", disable=not progress)
+    if progress:
+        n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        bar.write(f"Dask: {n} workers at {client.scheduler.address}; dashboard {client.dashboard_link}")
+    size = {f.key: len(part) for f, (_, part) in zip(futures, plan)}
+    try:
+        for f in as_completed(futures, loop=client.loop):
+            if f.status == "error":
+                break  # gather raises its exception now, not after every other chunk
+            bar.update(size[f.key])
+        results = client.gather(futures)
+    finally:
+        bar.close()
+        client.cancel(futures)
+    for _, _, messages in results:
+        for msg in messages:
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return [(ids, vectors) for ids, vectors, _ in results]
+
+
 def embed_store(
     store: DatasetStore,
     checkpoint: str | Path,
@@ -183,6 +324,8 @@ def embed_store(
     cache_dir: str | Path | None = None,
     workers: int = 0,
     progress: bool = False,
+    client: Any | None = None,
+    torch_threads: int | None = None,
 ) -> EmbeddingTable:
     """Embed every material (or ``ids``) with each encoder it has data for.
 
@@ -193,10 +336,16 @@ def embed_store(
         ids: a subset of material ids (default: all).
         modalities: which encoders to run (default: all the model has).
         batch_size: materials per encoder call.
-        chunk: materials featurized / read from the store at a time (bounds memory).
+        chunk: materials featurized / read from the store at a time (bounds memory); on Dask, one task each.
         cache_dir: crystal-graph cache (default var/cache/graphs, shared with training).
-        workers: processes for featurizing uncached structures.
+        workers: processes for featurizing uncached structures (in this process only; on Dask the tasks
+            are the parallelism).
         progress: show progress bars.
+        client: a ``distributed.Client``: the chunks are embedded as tasks on its workers, each loading the
+            model once (verified by SHA-256); the store, checkpoint and graph cache must be at the same paths
+            there (a shared filesystem). The table is identical to the in-process one (same chunks, same
+            batches), given the same torch thread count.
+        torch_threads: on Dask, torch's threads per task (None: the worker's default).
 
     Returns:
         the EmbeddingTable; materials with no embeddable modality are left out. A structure that cannot be
@@ -204,8 +353,6 @@ def embed_store(
     """
     import torch
     from tqdm.auto import tqdm
-
-    from mlcm_core.featurize.dataset import MultimodalDataset
 
     model, desc = load_model_verified(checkpoint)
     mods = [m for m in _MODALITIES if m in model.encoders and (modalities is None or m in modalities)]
@@ -220,31 +367,27 @@ def embed_store(
             raise KeyError(f"unknown material ids: {missing[:5]}")
         table = table.set_index("id").loc[ids].reset_index()
     all_ids = table["id"].astype(str).tolist()
-    flags = {"crystal": "has_structure", "dos": "has_dos", "density": "has_charge_density"}
-    got: dict[str, tuple[list[str], list[np.ndarray]]] = {m: ([], []) for m in mods}
+    plan = _plan(table, all_ids, mods, chunk)
 
-    with torch.no_grad():
-        for m in mods:
-            todo = [i for i, f in zip(all_ids, table[flags[m]].fillna(False).astype(bool)) if f]
-            bar = tqdm(total=len(todo), desc=f"embedding {m}", unit="mat", disable=not progress)
-            for part in _batched(todo, chunk if m != "density" else max(1, min(chunk, 64))):
-                if m == "crystal":
-                    ds = MultimodalDataset(store, part, graph_config=model.config.graph, cache_dir=cache_dir,
-                                           modalities=("crystal",), labels=[], workers=workers, progress=False)
-                    keep = [k for k in range(len(part)) if ds.has["crystal"][k]]
-                    graphs = [ds[k].graph for k in keep]
-                    for b in _batched(list(range(len(keep))), batch_size):
-                        z = model.embed("crystal", [graphs[j] for j in b]).cpu().numpy()
-                        got[m][0].extend(part[keep[j]] for j in b)
-                        got[m][1].append(z)
-                else:
-                    arr = store.dos(part) if m == "dos" else store.density(part)
-                    for b in _batched(list(range(len(part))), batch_size):
-                        z = model.embed(m, arr[b]).cpu().numpy()
-                        got[m][0].extend(part[j] for j in b)
-                        got[m][1].append(z)
-                bar.update(len(part))
+    if client is not None:
+        done = _embed_on_dask(client, store, desc["checkpoint_path"], desc["checkpoint_sha256"], plan,
+                              batch_size=batch_size, cache_dir=cache_dir, torch_threads=torch_threads,
+                              progress=progress)
+    else:
+        done = []
+        bars = {m: tqdm(total=sum(len(p) for mm, p in plan if mm == m), desc=f"embedding {m}", unit="mat",
+                        disable=not progress) for m in mods}
+        with torch.no_grad():
+            for m, part in plan:
+                done.append(_embed_part(model, store, m, part, batch_size=batch_size, cache_dir=cache_dir,
+                                        workers=workers))
+                bars[m].update(len(part))
+        for bar in bars.values():
             bar.close()
+    got: dict[str, tuple[list[str], list[np.ndarray]]] = {m: ([], []) for m in mods}
+    for (m, _), (part_ids, vectors) in zip(plan, done):
+        got[m][0].extend(part_ids)
+        got[m][1].append(vectors)
 
     embedded: set[str] = set()
     for m in mods:

@@ -1,8 +1,8 @@
 """A real `mlcm app` server on a free localhost port, driven by Debian's Chromium via Playwright.
 
-The server runs in its own process group (``mlcm app`` execs ``panel serve``) under a small
-wrapper (``_serve.py``) that terminates the whole group at the end of the session, or as soon as the test
-process disappears (a pytest killed by ``timeout`` runs no teardown), so no server outlives the tests. The explorer data is MLCM_EXPLORE when set, else
+The server is started by ``tests/_app_server.serving``: in its own process group under a small wrapper that
+terminates the whole group at the end of the session, or as soon as the test process disappears, so no server
+outlives the tests. The explorer data is MLCM_EXPLORE when set, else
 precomputed/explore, else the development build var/explore_dev/explore (``build_precomputed`` output).
 """
 
@@ -11,16 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests._app_server import serving
 from tests.conftest import skip_unless_ci
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,52 +79,11 @@ def explore_path() -> Path:
     pytest.skip("no explorer data: build it with mlcm_core.explore.build_precomputed (precomputed/explore)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)  # _serve.py stops the server's process group, then exits
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory):
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLCM_EXPLORE": str(explore_path())}
-    log_path = tmp_path_factory.mktemp("app") / "server.log"
-    # a file, not a pipe: an undrained pipe blocks the server once full; closed after the server stops
-    log = open(log_path, "w")  # noqa: SIM115
-    # _serve.py runs `mlcm app` (which execs `panel serve`) in its own process group and stops the
-    # group when terminated or when this test process disappears
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("_serve.py")), str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}/main"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the app exited early:\n{log_path.read_text()[-5000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=60) as r:  # also runs the warm-up (first session)
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("the app did not answer within 180 s")
+    env = {**os.environ, "MLCM_EXPLORE": str(explore_path())}
+    with serving(env, tmp_path_factory.mktemp("app") / "server.log") as url:
         yield url
-    finally:
-        _stop(proc)
-        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -12,15 +11,10 @@ from pathlib import Path
 import pytest
 
 from mlcm_core.train.checkpoint import read_checkpoint_info
+from tests._app_server import free_port
 from mlcm_core.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
@@ -31,7 +25,7 @@ def test_torchrun_two_ranks(tiny_store, tiny_config: TrainConfig, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = ["torchrun", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "mlcm_core.train.pretrain_cli",
+           "--master_port", str(free_port()), "-m", "mlcm_core.train.pretrain_cli",
            "--config", str(cfg_path), "--store", str(tiny_store.root), "--out", str(out)]
     r = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     text = r.stdout + r.stderr
