@@ -16,8 +16,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import shutil
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,8 +34,9 @@ from mlcm_core.data.conventions import (
     quantize_density,
 )
 from mlcm_core.data.record import MaterialRecord
+from mlcm_core.io import ChecksumError as _ChecksumError
 from mlcm_core.io import atomic_write_text as _atomic_write_text
-from mlcm_core.io import sha256_file
+from mlcm_core.io import file_digests, sha256_file, staged_dir, verify_files
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -63,8 +62,8 @@ class StoreError(RuntimeError):
     """The store is missing, malformed or inconsistent."""
 
 
-class ChecksumError(StoreError):
-    """A file's SHA-256 differs from the manifest."""
+class ChecksumError(StoreError, _ChecksumError):
+    """A file listed in the manifest is missing or its SHA-256 differs (also an ``mlcm_core.io.ChecksumError``)."""
 
 
 def split_of_group(group: str, seed: int) -> str:
@@ -218,12 +217,7 @@ class DatasetStore:
     def verify(self) -> None:
         """Raise ChecksumError naming the first file whose content differs from the manifest."""
         for shard in self.manifest["shards"]:
-            for rel, digest in shard["files"].items():
-                path = self.root / rel
-                if not path.exists():
-                    raise ChecksumError(f"missing file {path} listed in the manifest")
-                if sha256_file(path) != digest:
-                    raise ChecksumError(f"checksum mismatch for {path}: the file is corrupt or was modified")
+            verify_files(self.root, shard["files"], listed_in="the manifest", error=ChecksumError)
 
     # ---- writing -------------------------------------------------------------------------------
     def append(self, records: Iterable[MaterialRecord], shard_name: str, provenance: dict[str, str],
@@ -242,21 +236,13 @@ class DatasetStore:
             raise StoreError(f"duplicate id {dup!r} within one shard")
         table, arrays = _rows_and_arrays(records, shard_name, progress)
         self._assign_groups(table, records, progress)
-        final = self.root / "shards" / shard_name
-        tmp = self.root / "shards" / f".tmp-{shard_name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        with staged_dir(self.root / "shards" / shard_name) as tmp:
             table.to_parquet(tmp / TABLE_FILE, compression="zstd", index=False)
             files = [TABLE_FILE]
             if any(len(a) for a in arrays.values()):
                 _write_arrays(tmp / ARRAYS_FILE, arrays)
                 files.append(ARRAYS_FILE)
-            digests = {f"shards/{shard_name}/{f}": sha256_file(tmp / f) for f in files}
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            digests = {f"shards/{shard_name}/{f}": d for f, d in file_digests(tmp, files).items()}
         self.manifest["shards"].append({
             "name": shard_name, "n_rows": len(table), "files": digests, "provenance": provenance,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

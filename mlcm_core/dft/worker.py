@@ -138,6 +138,7 @@ def setup_valence(symbol: str, setup_dir: str) -> float:
 
 def write_npz_atomic(path: str, arrays: dict[str, Any]) -> None:
     """Compressed npz via temp file + os.replace, so a reader never sees a half-written result."""
+    # Not mlcm_core.io.atomic_write: this runs as a script under /usr/bin/python3, where mlcm_core is not importable.
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:

@@ -35,6 +35,7 @@ import numpy as np
 
 from mlcm_core.evaluate.baseline import DEFAULT_RF_GRID
 from mlcm_core.evaluate.inverse_design import DEFAULT_KS, DEFAULT_RANDOM_SEEDS
+from mlcm_core.io import atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -240,7 +241,7 @@ def _pretrain_run(store: DatasetStore, method: Method, seed: int, budget: Budget
     out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / "evaluate_pretrain.json"
     if _check_marker(marker, key) is None:
-        marker.write_text(json.dumps({"key": _plain(key)}, indent=1))
+        atomic_write_text(marker, json.dumps({"key": _plain(key)}, indent=1))
     return pretrain(store, cfg, resume=True, progress=progress)  # resumes, or returns a finished run's checkpoint
 
 
@@ -263,7 +264,7 @@ def _finetune_run(store: DatasetStore, target: str, seed: int, budget: Budget, p
     start = time.perf_counter()
     result = finetune(store, cfg, target, pretrained=pretrained, progress=progress).to_dict()
     result["seconds"] = time.perf_counter() - start
-    marker.write_text(json.dumps({"key": _plain(key), "result": _plain(result)}, indent=1))
+    atomic_write_text(marker, json.dumps({"key": _plain(key), "result": _plain(result)}, indent=1))
     return result
 
 

@@ -72,20 +72,12 @@ def magpie_features(formulas: Sequence[str]) -> np.ndarray:
 def target_rows(store: DatasetStore, target: str, split: str) -> tuple[list[str], np.ndarray]:
     """(ids sorted, transformed target) of ``split`` rows with a structure and a valid ``target`` value.
 
-    The same selection as ``mlcm_core.train.finetune`` (checked by the tests), so baseline and fine-tuning
-    see the same materials.
+    ``mlcm_core.train.finetune.split_rows`` for the target's name, so baseline and fine-tuning see the same
+    materials.
     """
-    from mlcm_core.train.finetune import resolve_target
+    from mlcm_core.train.finetune import resolve_target, split_rows
 
-    spec = resolve_target(target)
-    t = store.table
-    if spec.column not in t:
-        return [], np.zeros(0)
-    sub = t[(t["split"] == split) & t["has_structure"].fillna(False).astype(bool)]
-    y, keep = spec.apply(sub[spec.column].to_numpy(dtype=np.float64, na_value=np.nan))
-    ids = sub["id"].astype(str).to_numpy()[keep]
-    order = np.argsort(ids)
-    return ids[order].tolist(), y[keep][order]
+    return split_rows(store, resolve_target(target), split)
 
 
 def _cap(ids: list[str], y: np.ndarray, max_rows: int | None, seed: int) -> tuple[list[str], np.ndarray]:

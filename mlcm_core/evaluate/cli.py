@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import shlex
 import subprocess
@@ -137,7 +136,7 @@ def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | No
     from mlcm_core.evaluate.baseline import magpie_rf_over_seeds
     from mlcm_core.evaluate.model_eval import evaluate_model
     from mlcm_core.evaluate.report import jsonable
-    from mlcm_core.io import cached_json
+    from mlcm_core.io import cached_json, sha256_file
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     start = time.perf_counter()
@@ -148,7 +147,7 @@ def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | No
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "command": command,
         "git": _git(), "budget": budget.to_dict(), "seeds": seeds, "targets": targets, "split": split,
         "store": {"path": str(store_path or store.root), "shards": len(store.manifest["shards"]),
-                  "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None,
+                  "manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
                   "info": store.info()},
         "data_counts": _data_counts(store), "checkpoint": None, "baseline": None, "ablation": None,
     }

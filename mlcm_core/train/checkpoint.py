@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import random
 import shutil
 import struct
@@ -33,10 +32,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mlcm_core.io import sha256_file
+from mlcm_core.io import ChecksumError, atomic_write_text, file_digests, sha256_file, staged_dir, verify_file
 
 __all__ = [
     "FORMAT_VERSION",
+    "CheckpointChecksumError",
     "CheckpointError",
     "CheckpointInfo",
     "export_checkpoint",
@@ -62,6 +62,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, malformed, unsafe or does not fit the model."""
 
 
+class CheckpointChecksumError(CheckpointError, ChecksumError):
+    """A checkpoint file is missing or differs from the SHA-256 in checkpoint.json (a CheckpointError and an
+    ``mlcm_core.io.ChecksumError``)."""
+
+
 @dataclass
 class CheckpointInfo:
     """What checkpoint.json says (plus its directory)."""
@@ -79,18 +84,6 @@ class CheckpointInfo:
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
 
 
 def _jsonable(value: Any) -> Any:
@@ -160,12 +153,8 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = config if config is not None else getattr(model, "config", None)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(path) as tmp:  # re-saving the same name swaps the folders; an interrupted save leaves none
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "mlcm_format_version": str(FORMAT_VERSION)})
         files = [WEIGHTS_FILE]
@@ -175,8 +164,6 @@ def save_checkpoint(
                      "rng": dict(rng) if rng is not None else None}
             torch.save(state, tmp / STATE_FILE)
             files.append(STATE_FILE)
-        for f in files:
-            _fsync(tmp / f)
         meta = {
             "format_version": FORMAT_VERSION,
             "model_class": type(model).__name__,
@@ -185,23 +172,11 @@ def save_checkpoint(
             "epoch": int(epoch),
             "train_config": _jsonable(train_config),
             "extra": dict(extra or {}),
-            "files": {f: sha256_file(tmp / f) for f in files},
+            "files": file_digests(tmp, files),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "torch_version": torch.__version__,
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
-        _fsync(tmp / META_FILE)
-        old = None
-        if path.exists():  # re-saving the same name: swap, then delete the old copy
-            old = path.with_name(f".old-{path.name}-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -257,13 +232,8 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
 
 
 def _verify(info: CheckpointInfo, name: str) -> Path:
-    path = info.path / name
-    if not path.exists():
-        raise CheckpointError(f"missing {path}")
-    expected = info.files.get(name)
-    if expected is not None and sha256_file(path) != expected:
-        raise CheckpointError(f"checksum mismatch for {path}: the file is corrupt or was replaced")
-    return path
+    """``info.path / name``, present and (if checkpoint.json records its SHA-256) unmodified."""
+    return verify_file(info.path / name, info.files.get(name), error=CheckpointChecksumError)
 
 
 def _check_safetensors_header(path: Path) -> None:
@@ -387,7 +357,7 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 def write_latest_pointer(checkpoint: Path) -> None:
     """Point ``<dir>/latest`` at ``checkpoint`` (atomically)."""
-    _atomic_write_text(checkpoint.parent / LATEST_FILE, checkpoint.name + "\n")
+    atomic_write_text(checkpoint.parent / LATEST_FILE, checkpoint.name + "\n")
 
 
 def export_checkpoint(source: str | Path, dest: str | Path, *, extra_files: Mapping[str, str | Path] | None = None,
@@ -400,8 +370,6 @@ def export_checkpoint(source: str | Path, dest: str | Path, *, extra_files: Mapp
     names in ``dest`` to files to copy beside the weights (e.g. the run's config and log); ``note`` is
     recorded under ``extra["exported"]`` together with the source path.
     """
-    from mlcm_core.io import staged_dir
-
     info = read_checkpoint_info(source)
     weights = _verify(info, WEIGHTS_FILE)
     digest = info.files.get(WEIGHTS_FILE) or sha256_file(weights)
@@ -410,8 +378,7 @@ def export_checkpoint(source: str | Path, dest: str | Path, *, extra_files: Mapp
     meta.setdefault("extra", {})["exported"] = {"from": str(info.path), **_jsonable(dict(note or {}))}
     with staged_dir(dest) as tmp:
         shutil.copyfile(weights, tmp / WEIGHTS_FILE)
-        if sha256_file(tmp / WEIGHTS_FILE) != digest:
-            raise CheckpointError(f"copy of {weights} does not match its checksum")
+        verify_file(tmp / WEIGHTS_FILE, digest, error=CheckpointChecksumError)  # replaced while copying?
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
         for name, path in (extra_files or {}).items():
             shutil.copyfile(path, tmp / name)

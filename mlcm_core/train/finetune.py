@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Subset
 
 from mlcm_core.data.conventions import LABELS
 from mlcm_core.featurize.dataset import MultimodalBatch, MultimodalDataset, collate_multimodal
+from mlcm_core.io import atomic_write_text
 from mlcm_core.models.crystal import CrystalEncoder, CrystalEncoderConfig
 from mlcm_core.models.multimodal import MultimodalConfig
 from mlcm_core.train.checkpoint import load_state_dict_checked, load_weights, read_checkpoint_info, save_checkpoint
@@ -44,7 +45,7 @@ from mlcm_core.train.schedule import warmup_cosine_schedule
 if TYPE_CHECKING:
     from mlcm_core.data.store import DatasetStore
 
-__all__ = ["TARGETS", "FinetuneResult", "PropertyRegressor", "TargetSpec", "finetune", "resolve_target"]
+__all__ = ["TARGETS", "FinetuneResult", "PropertyRegressor", "TargetSpec", "finetune", "resolve_target", "split_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,12 @@ class FinetuneResult:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _rows(store: DatasetStore, spec: TargetSpec, split: str) -> tuple[list[str], np.ndarray]:
+def split_rows(store: DatasetStore, spec: TargetSpec, split: str) -> tuple[list[str], np.ndarray]:
+    """(ids sorted, transformed target) of ``split`` rows with a structure and a valid ``spec`` value.
+
+    The one selection of fine-tuning rows; the Magpie baseline (``evaluate.baseline.target_rows``) uses it too,
+    so baseline and fine-tuning see the same materials.
+    """
     t = store.table
     if spec.column not in t:
         return [], np.zeros(0)
@@ -284,7 +290,7 @@ def finetune(store: DatasetStore | str | Path, config: FinetuneConfig, target: s
 
     ids, ys = {}, {}
     for split in ("train", "val", "test"):
-        ids[split], ys[split] = _rows(store, spec, split)
+        ids[split], ys[split] = split_rows(store, spec, split)
     if config.max_rows is not None and len(ids["train"]) > config.max_rows:
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(ids["train"]))[: config.max_rows])
         ids["train"], ys["train"] = [ids["train"][k] for k in keep], ys["train"][keep]
@@ -349,7 +355,7 @@ def finetune(store: DatasetStore | str | Path, config: FinetuneConfig, target: s
         predictions=predictions, train_ids=ids["train"], val_ids=ids["val"], test_ids=ids["test"], history=history)
     predictions.to_csv(out / "predictions.csv", index=False)
     pd.DataFrame(history).to_csv(out / "history.csv", index=False)
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
+    atomic_write_text(out / "result.json", json.dumps(result.to_dict(), indent=1))
     log.info("fine-tuned %s: val MAE %.4g, test MAE %.4g %s (mean baseline %.4g)", spec.name, result.val_mae,
              test_mae, spec.unit, baseline)
     return result

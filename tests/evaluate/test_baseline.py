@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mlcm_core.evaluate.ablation import restrict_rows
@@ -19,13 +20,20 @@ TARGETS = ("band_gap", "formation_energy_per_atom", "log10_k_vrh", "log10_g_vrh"
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_rows_are_finetunes_rows(default_store, target):
-    from mlcm_core.train.finetune import _rows, resolve_target
+    from mlcm_core.train.finetune import resolve_target, split_rows
 
+    spec = resolve_target(target)
+    t = default_store.table.set_index("id")
     for split in ("train", "val", "test"):
         ids, y = target_rows(default_store, target, split)
-        ft_ids, ft_y = _rows(default_store, resolve_target(target), split)
-        assert ids == ft_ids and len(ids) > 0
+        ft_ids, ft_y = split_rows(default_store, spec, split)
+        assert ids == ft_ids and len(ids) > 0 and ids == sorted(ids)
         np.testing.assert_array_equal(y, ft_y)
+        # the rows are this split's structures with a value, the value transformed as the target says
+        rows = t[(t["split"] == split) & t["has_structure"].fillna(False).astype(bool)]
+        want, keep = spec.apply(rows[spec.column].to_numpy(dtype=np.float64, na_value=np.nan))
+        assert set(ids) == set(rows.index[keep]) and np.all(np.isfinite(y))
+        np.testing.assert_allclose(y, pd.Series(want[keep], index=rows.index[keep]).loc[ids].to_numpy())
 
 
 def test_magpie_features_shape_and_memo():

@@ -37,7 +37,7 @@ def test_torchrun_two_ranks(tiny_store, tiny_config: TrainConfig, tmp_path):
     info = read_checkpoint_info(out)
     assert info.extra["world_size"] == 2 and info.epoch == 1
     assert (out / "log.csv").exists() and (out / "config.yaml").exists()
-    assert not list(out.rglob(".tmp*"))  # atomic writes left nothing behind
+    assert not list(out.rglob(".*tmp*"))  # atomic writes / staged folders left nothing behind
     # each rank takes half of the epoch's permutation: 13 rows -> 7 per rank (padded) -> 2 steps of 4 + 3
     assert info.step == 2 and info.extra["steps_per_epoch"] == 2
     lines = (out / "log.csv").read_text().splitlines()
