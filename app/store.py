@@ -13,7 +13,6 @@ crystal_toolkit at module level: the Explorer loads its model on the first query
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -673,12 +672,6 @@ def split_csv_header(path: Path) -> Path:
     sidecar.write_text(json.dumps(header, indent=1), encoding="utf-8")
     path.write_text(body, encoding="utf-8")
     return sidecar
-
-
-def csv_bytes(df: pd.DataFrame) -> io.BytesIO:
-    buf = io.BytesIO(df.to_csv(index=False).encode())
-    buf.seek(0)
-    return buf
 
 
 def debug_json(state: AppState) -> str:

@@ -123,5 +123,3 @@ class PropertyCard(pn.viewable.Viewer):
     def __panel__(self):
         return self._pane
 
-
-LabelCard = PropertyCard

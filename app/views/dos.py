@@ -19,7 +19,6 @@ from holoviews.core.spaces import Callable
 
 from app.panes import LiveHTML, curve_slots, push_layers, set_y_end
 from app.store import AppState, ids_having
-from app.views.card import LabelCard  # noqa: F401  (kept importable from here)
 from mlcm_core.data.conventions import DOS_ENERGIES
 
 MAX_CURVES = 8

@@ -6,7 +6,7 @@ import panel as pn
 
 from app.main import Dashboard, build_app
 from app.views.card import PropertyCard
-from app.views.dos import DOSView, LabelCard
+from app.views.dos import DOSView
 
 
 def test_app_builds_on_the_default_dataset(state):
@@ -49,7 +49,6 @@ def test_selection_drives_dos_overlay(state):
     assert [len(sources[f"slot{k}"].data["E"]) > 0 for k in range(4)] == [True, True, True, False]
     assert list(sources["slot0"].data["id"][:1]) == [ids[0]]
     assert all(i in view._note.object for i in ids)
-    assert LabelCard is PropertyCard
 
 
 def test_dos_view_puts_the_focused_material_first(state):
