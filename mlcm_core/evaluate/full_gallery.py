@@ -114,11 +114,13 @@ def verify_gallery(model: MultimodalModel, store: DatasetStore, gallery: Gallery
 
 
 def embed_crystal_gallery(checkpoint: str | Path, store: DatasetStore, *, cache_dir: str | Path | None = None,
-                          batch_size: int = 64, workers: int = 0, progress: bool = False) -> Gallery:
-    """Every structure's crystal embedding by ``checkpoint`` (slow on CPU: minutes for ~18k structures).
+                          batch_size: int = 64, workers: int = 0, progress: bool = False,
+                          ids: Sequence[str] | None = None) -> Gallery:
+    """Every structure's (or ``ids``') crystal embedding by ``checkpoint`` (slow on CPU: minutes for ~18k).
 
     With ``cache_dir`` the table is kept as ``<weights sha256[:16]>-<store shards sha256[:12]>/embeddings.npz``
-    so a second comparison run does not pay again; the key changes with the weights or the store's shards.
+    (plus ``-<ids sha256[:8]>`` for a subset) so a second comparison run does not pay again; the key changes
+    with the weights, the store's shards or the subset.
     """
     from mlcm_core.explore.embed import EmbeddingTable, embed_store
     from mlcm_core.io import sha256_file
@@ -128,10 +130,13 @@ def embed_crystal_gallery(checkpoint: str | Path, store: DatasetStore, *, cache_
     if cache_dir is not None:
         weights = sha256_file(read_checkpoint_info(checkpoint).path / WEIGHTS_FILE)
         shards = hashlib.sha256("\n".join(s["name"] for s in store.manifest["shards"]).encode()).hexdigest()
-        cached = Path(cache_dir) / f"{weights[:16]}-{shards[:12]}"
+        subset = "" if ids is None else "-" + hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:8]
+        cached = Path(cache_dir) / f"{weights[:16]}-{shards[:12]}{subset}"
         if (cached / "embeddings.npz").exists():
             return gallery_from_table(EmbeddingTable.load(cached))
-    ids = store.table.loc[_flag(store.table, "crystal"), "id"].astype(str).tolist()
+    if ids is None:
+        ids = store.table.loc[_flag(store.table, "crystal"), "id"].astype(str).tolist()
+    ids = [str(i) for i in ids]
     if cached is not None:
         cached.mkdir(parents=True, exist_ok=True)
     table = embed_store(store, checkpoint, cached, ids=ids, modalities=("crystal",), batch_size=batch_size,
@@ -167,11 +172,14 @@ def pretraining_ids(store: DatasetStore, train_config: Mapping[str, Any]) -> set
     Exact for rows that were in the store when it trained (MultiMat's shard is the default dataset's); rows
     of shards appended since then may be listed too, which only makes "held out" stricter.
     """
-    from mlcm_core.train.pretrain import select_rows
+    from mlcm_core.train.pretrain import select_rows, select_unpaired_rows
 
     mods = train_config.get("modalities") or ("crystal", "dos", "density")
-    return set(select_rows(store, "train", mods, int(train_config.get("min_modalities", 2)),
-                           train_config.get("max_rows"), int(train_config.get("seed", 0))))
+    k = int(train_config.get("min_modalities", 2))
+    rows = set(select_rows(store, "train", mods, k, train_config.get("max_rows"), int(train_config.get("seed", 0))))
+    if int(train_config.get("unpaired_per_batch", 0) or 0) > 0:  # seen as negatives
+        rows |= set(select_unpaired_rows(store, "train", mods, k))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------

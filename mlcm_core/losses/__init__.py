@@ -28,7 +28,15 @@ from mlcm_core.losses.barlow_twins import (
     barlow_twins_pairwise,
     higher_order_loss,
 )
-from mlcm_core.losses.clip import MODALITIES, all_pairs_clip, anchored_clip, clip_loss, joint_mask, pair_clip
+from mlcm_core.losses.clip import (
+    MODALITIES,
+    all_pairs_clip,
+    anchored_clip,
+    clip_loss,
+    clip_loss_unpaired_negatives,
+    joint_mask,
+    pair_clip,
+)
 from mlcm_core.losses.tensor_clip import effective_rank, tensor_clip, tensor_clip_loss, triple_similarity
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "barlow_twins_pair_loss",
     "barlow_twins_pairwise",
     "clip_loss",
+    "clip_loss_unpaired_negatives",
     "effective_rank",
     "get_loss",
     "higher_order_loss",

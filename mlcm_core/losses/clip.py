@@ -34,6 +34,7 @@ __all__ = [
     "all_pairs_clip",
     "anchored_clip",
     "clip_loss",
+    "clip_loss_unpaired_negatives",
     "joint_mask",
     "pair_clip",
     "resolve_scale",
@@ -123,21 +124,63 @@ def clip_loss(z_a: Tensor, z_b: Tensor, logit_scale: Tensor | float | None, mask
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
+def clip_loss_unpaired_negatives(z_a: Tensor, z_b: Tensor, logit_scale: Tensor | float | None, mask_a: Tensor,
+                                 mask_b: Tensor) -> Tensor:
+    """Symmetric InfoNCE whose candidates are *every* row having the other modality, paired or not.
+
+    Why: in the app a DOS is compared with every stored crystal, most of which have no DOS; with ``clip_loss``
+    the crystal encoder only ever sees crystals that have a DOS, so the thousands it never trained on can land
+    anywhere, next to other materials' DOS. Here rows having only ``b`` (e.g. crystals without a DOS) are extra
+    negatives for the ``a`` queries of the joint rows, and rows having only ``a`` for the ``b`` queries; the
+    queries are the joint rows (an unpaired row has no positive). Masking as in ``clip_loss``: rows lacking a
+    modality never enter the logits of that modality (selected by indexing).
+
+    Args:
+        z_a, z_b: (B, D) embeddings of the same B materials in two modalities.
+        logit_scale: the learnable log scale (0-d); ``None`` -> ``log(1/0.07)``.
+        mask_a, mask_b: (B,) bool, rows having ``a`` (resp. ``b``).
+    """
+    _check_embedding("z_a", z_a)
+    _check_embedding("z_b", z_b)
+    joint = mask_a & mask_b  # (B,)
+    n = int(joint.sum())
+    if n == 0:
+        return graph_zero(z_a, z_b, logit_scale if isinstance(logit_scale, Tensor) else None)
+    a_all = F.normalize(z_a[mask_a], dim=-1, eps=_NORM_EPS)  # (Na, D)
+    b_all = F.normalize(z_b[mask_b], dim=-1, eps=_NORM_EPS)  # (Nb, D)
+    # position of each joint row among the rows having a (resp. b)
+    pos_a = (torch.cumsum(mask_a.long(), 0) - 1)[joint]  # (N,)
+    pos_b = (torch.cumsum(mask_b.long(), 0) - 1)[joint]  # (N,)
+    scale = resolve_scale(logit_scale, a_all)
+    a_to_b = scale * (a_all[pos_a] @ b_all.T)  # (N, Nb)
+    b_to_a = scale * (b_all[pos_b] @ a_all.T)  # (N, Na)
+    return 0.5 * (F.cross_entropy(a_to_b, pos_b) + F.cross_entropy(b_to_a, pos_a))
+
+
 def _pairs_clip(
     z: Mapping[str, Tensor],
     masks: Mapping[str, Tensor],
     logit_scale: Tensor | float | None,
     pairs: Sequence[tuple[str, str]],
     min_rows: int,
+    unpaired_negatives: bool = False,
 ) -> Tensor:
-    """Unweighted mean of ``clip_loss`` over ``pairs``; a pair with fewer than ``min_rows`` joint rows is skipped."""
+    """Unweighted mean of ``clip_loss`` over ``pairs``; a pair with fewer than ``min_rows`` joint rows is skipped.
+
+    ``unpaired_negatives``: use ``clip_loss_unpaired_negatives`` (rows with one of the two modalities are
+    extra negatives) instead of ``clip_loss`` (joint rows only)."""
     terms: list[Tensor] = []
     for a, b in pairs:
         za, zb = z[a], z[b]
         m = joint_mask(masks, (a, b), za.shape[0], za.device)  # (B,)
         if int(m.sum()) < min_rows:
             continue
-        terms.append(clip_loss(za, zb, logit_scale, m))
+        if unpaired_negatives:
+            ma = joint_mask(masks, (a,), za.shape[0], za.device)
+            mb = joint_mask(masks, (b,), za.shape[0], za.device)
+            terms.append(clip_loss_unpaired_negatives(za, zb, logit_scale, ma, mb))
+        else:
+            terms.append(clip_loss(za, zb, logit_scale, m))
     if not terms:
         return graph_zero(*z.values(), logit_scale if isinstance(logit_scale, Tensor) else None)
     return torch.stack(terms).mean()
@@ -150,15 +193,18 @@ def all_pairs_clip(
     *,
     modalities: Sequence[str] | None = None,
     min_rows: int = 2,
+    unpaired_negatives: bool = False,
 ) -> Tensor:
     """Mean symmetric CLIP over every unordered pair of modalities, each on the rows where both exist.
 
     ``modalities`` defaults to the keys of ``z`` (in order); pairs with fewer than ``min_rows`` (default 2)
     joint rows are skipped and the mean is over the remaining pairs (unweighted: each pair counts once,
     whatever its number of rows). If every pair is skipped the result is a graph-connected 0.
+    ``unpaired_negatives``: rows having one modality of a pair are extra negatives of that pair
+    (``clip_loss_unpaired_negatives``).
     """
     names = list(z) if modalities is None else list(modalities)
-    return _pairs_clip(z, masks, logit_scale, list(combinations(names, 2)), min_rows)
+    return _pairs_clip(z, masks, logit_scale, list(combinations(names, 2)), min_rows, unpaired_negatives)
 
 
 def anchored_clip(
@@ -169,16 +215,18 @@ def anchored_clip(
     anchor: str = "crystal",
     modalities: Sequence[str] | None = None,
     min_rows: int = 2,
+    unpaired_negatives: bool = False,
 ) -> Tensor:
     """Mean symmetric CLIP over the pairs (anchor, other) only — e.g. crystal–DOS and crystal–density.
 
     ImageBind-style: the non-anchor modalities are never contrasted with each other directly. Same masking,
-    skipping and averaging rules as ``all_pairs_clip``.
+    skipping, averaging and ``unpaired_negatives`` rules as ``all_pairs_clip``.
     """
     names = list(z) if modalities is None else list(modalities)
     if anchor not in z:
         raise KeyError(f"anchor modality {anchor!r} not in z (have {sorted(z)})")
-    return _pairs_clip(z, masks, logit_scale, [(anchor, o) for o in names if o != anchor], min_rows)
+    return _pairs_clip(z, masks, logit_scale, [(anchor, o) for o in names if o != anchor], min_rows,
+                       unpaired_negatives)
 
 
 def pair_clip(

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from mlcm_core.data.conventions import DOS_ENERGIES, DOS_N_POINTS
 
-__all__ = ["DOSEncoder", "DOSEncoderConfig", "EnergyEmbedding", "normalize_dos"]
+__all__ = ["DOSEncoder", "DOSEncoderConfig", "EnergyEmbedding", "augment_dos", "normalize_dos"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,73 @@ def normalize_dos(dos: Tensor, eps: float = 1e-8) -> Tensor:
     dos = dos.clamp_min(0.0)
     scale = dos.mean(dim=-1, keepdim=True).clamp_min(eps)
     return torch.log1p(dos / scale)
+
+
+def augment_dos(dos: Tensor, generator: torch.Generator | None = None, *, broadening_ev: tuple[float, float] = (0.0, 0.3),
+                shift_ev: float = 0.3, p: float = 0.8, top_cut_ev: tuple[float, float] | None = None) -> Tensor:
+    """DOS as another code or setting would give it: extra Gaussian broadening and a shifted zero.
+
+    Why: the stored DOS are GPAW's (one smearing, one k-mesh, zero at the GPAW VBM/E_F); a user's DOS comes
+    from VASP (tetrahedron or another smearing), another k-mesh, another zero (E_F vs VBM, a code's own
+    reference). Each material independently gets, each with probability ``p``:
+
+    * a Gaussian broadening of standard deviation drawn from ``broadening_ev`` (eV), area-preserving
+      (a convolution with a normalised kernel on the 1/30 eV grid; zero-padded at the window edges);
+    * a shift of the energy zero drawn from U(-shift_ev, shift_ev), by linear interpolation (zeros enter at
+      the edge the curve moves away from, as the store writes zeros outside a source's window);
+    * with ``top_cut_ev`` = (lo, hi): the DOS fading out above an energy drawn from U(lo, hi) (a 0.3 eV
+      logistic ramp), as in a run with few empty bands: VASP's default NBANDS leaves Si's DOS at 0.66
+      states/eV at +8 eV where GPAW's has 6.5 (tests/files/vasp-si vs mp-149).
+
+    The overall scale is not augmented: ``normalize_dos`` divides it out exactly, and spin-summed vs one spin
+    channel of a non-magnetic DOS differ only by that scale.
+
+    Args:
+        dos: (B, n) or (B, C, n) on conventions.DOS_ENERGIES; all C channels of a material move together.
+
+    Returns:
+        a new tensor of the same shape and dtype.
+    """
+    squeeze = dos.dim() == 2
+    x = (dos.unsqueeze(1) if squeeze else dos).to(torch.float32)  # (B, C, n)
+    b, c, n = x.shape
+    step = float(DOS_ENERGIES[1] - DOS_ENERGIES[0])
+    dev = x.device
+
+    def draw(size: int) -> Tensor:
+        return torch.rand(size, generator=generator).to(dev)
+
+    # broadening: one kernel per material, applied to its C channels (grouped conv)
+    lo, hi = broadening_ev
+    sigma = (lo + (hi - lo) * draw(b)) * (draw(b) < p).float()  # (B,) eV; 0 = untouched
+    half = max(1, math.ceil(3 * hi / step))
+    offsets = torch.arange(-half, half + 1, device=dev, dtype=torch.float32) * step  # (K,)
+    kernel = torch.exp(-0.5 * (offsets / sigma.clamp_min(1e-6).unsqueeze(1)) ** 2)  # (B, K)
+    kernel[sigma <= step / 4] = (offsets.abs() < step / 2).float()  # below a quarter point: identity
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    weight = kernel.repeat_interleave(c, dim=0).unsqueeze(1)  # (B*C, 1, K)
+    x = nn.functional.conv1d(x.reshape(1, b * c, n), weight, padding=half, groups=b * c).reshape(b, c, n)
+
+    # shift of the zero: value at energy e becomes the old value at e - shift
+    shift = (2 * draw(b) - 1) * shift_ev * (draw(b) < p).float()  # (B,) eV
+    src = torch.arange(n, device=dev, dtype=torch.float32).unsqueeze(0) - (shift / step).unsqueeze(1)  # (B, n)
+    i0 = src.floor()
+    w = (src - i0).unsqueeze(1)  # (B, 1, n)
+    i0 = i0.long()
+
+    def take(idx: Tensor) -> Tensor:
+        valid = ((idx >= 0) & (idx < n)).unsqueeze(1)
+        return torch.gather(x, 2, idx.clamp(0, n - 1).unsqueeze(1).expand(b, c, n)) * valid
+
+    x = (1 - w) * take(i0) + w * take(i0 + 1)
+
+    if top_cut_ev is not None:  # fewer empty bands: the DOS fades out above a drawn energy
+        lo, hi = top_cut_ev
+        cut = torch.where(draw(b) < p, lo + (hi - lo) * draw(b), torch.full((b,), math.inf, device=dev))  # (B,)
+        energies = torch.as_tensor(DOS_ENERGIES, dtype=torch.float32, device=dev)
+        x = x * torch.sigmoid((cut.unsqueeze(1) - energies) / 0.3).unsqueeze(1)
+    out = x.squeeze(1) if squeeze else x
+    return out.to(dos.dtype)
 
 
 class EnergyEmbedding(nn.Module):

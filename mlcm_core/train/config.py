@@ -98,7 +98,12 @@ class TrainConfig(_ConfigIO):
         modalities: encoders to train (a subset of crystal, dos, density).
         min_modalities: rows used = train-split materials with at least this many of ``modalities``.
         max_rows: cap on the rows used per split (quick runs); None = all.
+        unpaired_per_batch: train-split rows having fewer than ``min_modalities`` of ``modalities`` (e.g.
+            crystals without a DOS) added at random to every batch; with the loss option
+            ``unpaired_negatives`` they are extra negatives, as the app's gallery of every crystal is.
         augment_density: random periodic translation of density grids (exact symmetry of the crystal).
+        augment_dos: DOS as another code would give it (``models.dos.augment_dos``: extra Gaussian
+            broadening, shifted zero); ``augment_dos_options`` are its keyword options.
         out_dir: run directory (config, log.csv, checkpoints/).
         log_every, checkpoint_every: in optimizer steps; a checkpoint is also written at every epoch end.
         keep_last: step checkpoints kept (older ones deleted; 0 keeps all).
@@ -123,7 +128,10 @@ class TrainConfig(_ConfigIO):
     modalities: tuple[str, ...] = MODALITIES
     min_modalities: int = 2
     max_rows: int | None = None
+    unpaired_per_batch: int = 0
     augment_density: bool = True
+    augment_dos: bool = False
+    augment_dos_options: dict[str, Any] = field(default_factory=dict)
     out_dir: str = "var/runs/pretrain"
     log_every: int = 10
     checkpoint_every: int = 500

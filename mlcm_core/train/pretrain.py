@@ -47,8 +47,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from mlcm_core.featurize.dataset import MultimodalBatch, MultimodalDataset, collate_multimodal, modality_columns
+from mlcm_core.io import atomic_write_path
 from mlcm_core.losses import get_loss
 from mlcm_core.models.density import random_periodic_translation
+from mlcm_core.models.dos import augment_dos
 from mlcm_core.models.multimodal import MultimodalModel
 from mlcm_core.train.checkpoint import (
     get_rng_state,
@@ -65,7 +67,8 @@ from mlcm_core.train.schedule import warmup_cosine_schedule
 if TYPE_CHECKING:
     from mlcm_core.data.store import DatasetStore
 
-__all__ = ["LOG_COLUMNS", "DistEnv", "compute_loss", "param_groups", "pretrain", "select_rows", "setup_distributed"]
+__all__ = ["LOG_COLUMNS", "DistEnv", "compute_loss", "param_groups", "pretrain", "select_rows", "select_unpaired_rows",
+           "setup_distributed"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,15 @@ def select_rows(store: DatasetStore, split: str, modalities: Sequence[str], min_
         keep = np.random.default_rng(seed).permutation(len(ids))[:max_rows]
         ids = [ids[k] for k in sorted(keep)]
     return ids
+
+
+def select_unpaired_rows(store: DatasetStore, split: str, modalities: Sequence[str], min_modalities: int) -> list[str]:
+    """Sorted ids of ``split`` rows having at least one but fewer than ``min_modalities`` of ``modalities``:
+    no positive pair, but negatives for the modality they have (``TrainConfig.unpaired_per_batch``)."""
+    t = store.table
+    flags = modality_columns()
+    count = sum(t[flags[m]].fillna(False).astype(bool).astype(int) for m in modalities)
+    return sorted(t.loc[(t["split"] == split) & (count >= 1) & (count < min_modalities), "id"].astype(str))
 
 
 def _assert_split(store: DatasetStore, ids: Sequence[str], split: str) -> None:
@@ -185,12 +197,14 @@ class _CsvLog:
         if keep_up_to_step is not None and path.exists():
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_up_to_step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, LOG_COLUMNS)
-                w.writeheader()
-                w.writerows(rows)
-            os.replace(tmp, path)
+
+            def rewrite(tmp: Path) -> None:
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, LOG_COLUMNS)
+                    w.writeheader()
+                    w.writerows(rows)
+
+            atomic_write_path(path, rewrite)
         elif path.exists():
             path.unlink()
         new = not path.exists()
@@ -229,7 +243,10 @@ class _Pretrainer:
             raise ValueError(f"no training rows: no split=='train' material has >= {config.min_modalities} of "
                              f"{list(self.modalities)}")
         self.train_ids, self.val_ids = ids["train"], ids["val"]
-        self.train_ds = self._dataset(self.train_ids)
+        self.unpaired_ids = (select_unpaired_rows(store, "train", self.modalities, config.min_modalities)
+                             if config.unpaired_per_batch > 0 else [])
+        _assert_split(store, self.unpaired_ids, "train")
+        self.train_ds = self._dataset(self.train_ids + self.unpaired_ids)  # paired rows first, then unpaired
         self.val_ds = self._dataset(self.val_ids) if self.val_ids else None
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
@@ -257,8 +274,10 @@ class _Pretrainer:
         return ds if ds is not None else make()
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of epoch ``epoch``: a (seed, epoch) permutation split across ranks."""
-        sampler = DistributedSampler(self.train_ds, num_replicas=self.env.world_size, rank=self.env.rank,
+        """This rank's batches of epoch ``epoch``: a (seed, epoch) permutation of the paired rows split across
+        ranks, each batch followed by ``unpaired_per_batch`` unpaired rows drawn with a (seed, epoch, rank) RNG."""
+        n_paired = len(self.train_ids)
+        sampler = DistributedSampler(range(n_paired), num_replicas=self.env.world_size, rank=self.env.rank,
                                      shuffle=True, seed=self.cfg.seed)
         sampler.set_epoch(epoch)
         idx = list(sampler)
@@ -266,6 +285,10 @@ class _Pretrainer:
         batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
         if len(batches) > 1 and len(batches[-1]) < max(2, bs // 2):  # a tiny last batch has few negatives
             batches.pop()
+        k = min(self.cfg.unpaired_per_batch, len(self.unpaired_ids))
+        if k:
+            rng = np.random.default_rng([self.cfg.seed, epoch, self.env.rank])
+            batches = [b + (n_paired + rng.choice(len(self.unpaired_ids), k, replace=False)).tolist() for b in batches]
         return batches
 
     def _loader(self, dataset: MultimodalDataset, batches: list[list[int]]) -> DataLoader:
@@ -332,6 +355,8 @@ class _Pretrainer:
         batch = batch.to(self.env.device, non_blocking=True)
         if cfg.augment_density and "density" in self.modalities and bool(batch.masks["has_density"].any()):
             batch.density = random_periodic_translation(batch.density)
+        if cfg.augment_dos and "dos" in self.modalities and bool(batch.masks["has_dos"].any()):
+            batch.dos = augment_dos(batch.dos, **cfg.augment_dos_options)
         amp = cfg.amp and self.env.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
             loss, _ = compute_loss(self.model, batch, cfg.loss, cfg.loss_options, self.modalities)

@@ -291,3 +291,33 @@ def test_missing_mask_is_an_error_not_all_present():
         all_pairs_clip(z, masks, None)
     with pytest.raises(TypeError):
         all_pairs_clip(z, {**masks, "density": torch.ones(4)}, None)
+
+
+def test_unpaired_negatives_hand_computed_and_reduces_to_clip():
+    """clip_loss_unpaired_negatives: with every row joint it is clip_loss; an unpaired crystal is an extra
+    candidate of the DOS queries only (hand-computed), a row lacking both changes nothing (NaN included)."""
+    from mlcm_core.losses import clip_loss_unpaired_negatives
+
+    torch.manual_seed(0)
+    za, zb = torch.randn(5, 4, dtype=DT), torch.randn(5, 4, dtype=DT)
+    ls = torch.tensor(math.log(10.0), dtype=DT)
+    every = torch.ones(5, dtype=torch.bool)
+    torch.testing.assert_close(clip_loss_unpaired_negatives(za, zb, ls, every, every), clip_loss(za, zb, ls))
+
+    # rows: 0, 1 joint; 2 has only a (a crystal without DOS); 3 has neither (garbage)
+    za = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [math.nan, 1.0]], dtype=DT, requires_grad=True)
+    zb = torch.tensor([[1.0, 0.0], [0.6, 0.8], [math.inf, 0.0], [math.nan, 2.0]], dtype=DT, requires_grad=True)
+    ma = torch.tensor([True, True, True, False])
+    mb = torch.tensor([True, True, False, False])
+    loss = clip_loss_unpaired_negatives(za, zb, ls, ma, mb)
+    # a -> b (queries a0, a1 among b0, b1): logits [[10, 6], [0, 8]]
+    # b -> a (queries b0, b1 among a0, a1, a2): logits [[10, 0, 6], [6, 8, 10]]
+    ce = lambda logits, i: math.log(sum(math.exp(x) for x in logits)) - logits[i]  # noqa: E731
+    expected = 0.5 * (0.5 * (ce([10, 6], 0) + ce([0, 8], 1)) + 0.5 * (ce([10, 0, 6], 0) + ce([6, 8, 10], 1)))
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    assert torch.all(za.grad[3] == 0) and torch.all(zb.grad[2:] == 0) and torch.any(za.grad[2] != 0)
+    # through the registry: the option of all_pairs_clip / anchored_clip
+    z, masks = {"crystal": za.detach(), "dos": zb.detach()}, {"crystal": ma, "dos": mb}
+    assert all_pairs_clip(z, masks, ls, unpaired_negatives=True).item() == pytest.approx(expected, rel=1e-12)
+    assert anchored_clip(z, masks, ls, unpaired_negatives=True).item() == pytest.approx(expected, rel=1e-12)

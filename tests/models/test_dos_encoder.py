@@ -123,3 +123,43 @@ def test_mean_pooling_variant_and_custom_energies():
     with torch.no_grad():
         torch.testing.assert_close(model(x), model(x, energies=e))
         assert not torch.allclose(model(x), model(x, energies=e + 1.0))  # same curve, other reference
+
+
+def test_augment_dos_broadens_and_shifts_like_another_code():
+    """augment_dos: area kept, a peak moves by the drawn shift and widens by the drawn broadening
+    (variances add), channels move together, p=0 is the identity; seeded draws are reproducible."""
+    from mlcm_core.models.dos import augment_dos
+
+    dos = _peaks([-2.0, 1.5], width=0.1, batch=64)
+    g = torch.Generator().manual_seed(0)
+    out = augment_dos(dos, g, broadening_ev=(0.2, 0.2), shift_ev=0.3, p=1.0)
+    step = float(DOS_ENERGIES[1] - DOS_ENERGIES[0])
+    np.testing.assert_allclose(out.sum(1).numpy(), dos.sum(1).numpy(), rtol=1e-4)  # peaks far from the edges
+    e = torch.tensor(DOS_ENERGIES, dtype=torch.float32)
+    left = e < 0
+    centre = (out * e * left).sum(1) / (out * left).sum(1)
+    spread = ((out * (e - centre[:, None]) ** 2 * left).sum(1) / (out * left).sum(1)).sqrt()
+    shifts = centre + 2.0
+    assert shifts.abs().max() <= 0.3 + 1e-3 and shifts.std() > 0.1  # drawn in +-0.3 eV, not all alike
+    np.testing.assert_allclose(spread.numpy(), np.sqrt(0.1**2 + 0.2**2), atol=0.2 * step)
+    # reproducible with the same seed; channels of one material share the draw
+    again = augment_dos(dos, torch.Generator().manual_seed(0), broadening_ev=(0.2, 0.2), shift_ev=0.3, p=1.0)
+    assert torch.equal(out, again)
+    two = augment_dos(torch.stack([dos, 2 * dos], 1), torch.Generator().manual_seed(0),
+                      broadening_ev=(0.2, 0.2), shift_ev=0.3, p=1.0)
+    torch.testing.assert_close(two[:, 1], 2 * two[:, 0])
+    torch.testing.assert_close(two[:, 0], out)
+    assert torch.equal(augment_dos(dos, g, p=0.0), dos)
+
+
+def test_augment_dos_top_cut_fades_the_dos_out_above_the_drawn_energy():
+    from mlcm_core.models.dos import augment_dos
+
+    dos = torch.ones(32, DOS_N_POINTS)
+    out = augment_dos(dos, torch.Generator().manual_seed(1), broadening_ev=(0.0, 0.0), shift_ev=0.0, p=1.0,
+                      top_cut_ev=(3.0, 10.0))
+    e = torch.tensor(DOS_ENERGIES, dtype=torch.float32)
+    cut = e[(out < 0.5).float().argmax(1)]  # where each curve has fallen to half
+    assert torch.all((cut > 2.9) & (cut < 10.1)) and cut.std() > 1.0
+    assert torch.allclose(out[:, e < 2.0], torch.ones(1), atol=0.01)  # below +2 eV untouched
+    assert torch.equal(augment_dos(dos, p=0.0, top_cut_ev=(3.0, 10.0)), dos)

@@ -158,3 +158,28 @@ def test_resume_equals_uninterrupted(tiny_store, tiny_config, tmp_path, stop_at)
         r2 = [(r["step"], r["phase"], r["loss"], r["lr"]) for r in csv.DictReader(f2)]
     assert [x[:2] for x in r1] == [x[:2] for x in r2]  # no duplicated or missing log rows
     assert np.allclose([float(x[2]) for x in r1], [float(x[2]) for x in r2], atol=1e-5)
+
+
+def test_unpaired_rows_join_every_batch_as_negatives(tiny_store, tiny_config, monkeypatch):
+    """unpaired_per_batch: each training batch = its paired rows + k train rows with one modality (the
+    structure-only mp-10182 here), drawn reproducibly; the trained-row count and the paired rows are as before."""
+    import mlcm_core.train.pretrain as pt
+
+    seen: list[list[str]] = []
+    real_step = pt._Pretrainer._train_step
+
+    def spy_step(self, batch):
+        seen.append(list(batch.ids))
+        return real_step(self, batch)
+
+    monkeypatch.setattr(pt._Pretrainer, "_train_step", spy_step)
+    cfg = replace(tiny_config, unpaired_per_batch=1, loss_options={"unpaired_negatives": True})
+    assert pt.select_unpaired_rows(tiny_store, "train", cfg.modalities, cfg.min_modalities) == ["mp-10182"]
+    pretrain(tiny_store, cfg, progress=False)
+    paired = set(select_rows(tiny_store, "train", cfg.modalities, cfg.min_modalities))
+    assert seen and all(b[-1] == "mp-10182" and set(b[:-1]) <= paired for b in seen)
+    plain: list[list[str]] = []
+    monkeypatch.setattr(pt._Pretrainer, "_train_step", lambda self, batch: (plain.append(list(batch.ids)),
+                                                                          real_step(self, batch))[1])
+    pretrain(tiny_store, replace(tiny_config, out_dir=tiny_config.out_dir + "-plain"), progress=False)
+    assert [b[:-1] for b in seen] == plain  # the paired permutation is unchanged by the option
