@@ -31,8 +31,11 @@ __all__ = ["ChecksumError", "atomic_write", "atomic_write_bytes", "atomic_write_
            "cached_json", "file_digests", "sha256_file", "staged_dir", "verify_file", "verify_files"]
 
 
-class ChecksumError(RuntimeError):
-    """A file listed with a SHA-256 is missing, or its content no longer has that SHA-256."""
+class ChecksumError(RuntimeError, ValueError):
+    """A file listed with a SHA-256 is missing, or its content no longer has that SHA-256.
+
+    Also a ValueError: the readers of single artefacts (embedding table, projection) raised ValueError for a bad
+    file before this class existed, and their callers catch that."""
 
 
 def sha256_file(path: str | Path) -> str:

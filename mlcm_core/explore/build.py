@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from mlcm_core.explore.embed import EmbeddingTable, atomic_write, embed_store, sha256_file
+from mlcm_core.explore.embed import EmbeddingTable, embed_store
 from mlcm_core.explore.index import TopKIndex
 from mlcm_core.explore.projection import UMAPProjection, place_by_neighbours
-from mlcm_core.io import staged_dir
+from mlcm_core.io import atomic_write, file_digests, sha256_file, staged_dir, verify_file
 
 __all__ = ["EXPLORE_DIR", "MANIFEST_FORMAT", "build_precomputed", "default_checkpoint", "placement_vectors"]
 
@@ -56,7 +56,7 @@ def default_checkpoint(run_dir: str | Path = DEFAULT_RUN) -> Path:
 
 def _copy_checkpoint(checkpoint: str | Path, dest: Path) -> Path:
     """Copy weights + checkpoint.json (not the optimizer state) and verify the copy against checkpoint.json."""
-    from mlcm_core.train.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointError, read_checkpoint_info
+    from mlcm_core.train.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointChecksumError, read_checkpoint_info
 
     info = read_checkpoint_info(checkpoint)
     dest.mkdir(parents=True, exist_ok=True)
@@ -64,9 +64,7 @@ def _copy_checkpoint(checkpoint: str | Path, dest: Path) -> Path:
         shutil.copy2(info.path / name, dest / name)
     meta = json.loads((dest / META_FILE).read_text())
     expected = (meta.get("files") or {}).get(WEIGHTS_FILE)
-    if expected is not None and sha256_file(dest / WEIGHTS_FILE) != expected:
-        raise CheckpointError(f"the copy of {info.path / WEIGHTS_FILE} does not match its checkpoint.json "
-                              "(was it replaced while copying?)")
+    verify_file(dest / WEIGHTS_FILE, expected, error=CheckpointChecksumError)  # replaced while copying?
     meta["files"] = {WEIGHTS_FILE: sha256_file(dest / WEIGHTS_FILE)}  # the training state is not copied
     meta.setdefault("extra", {})["copied_from"] = str(info.path)
     (dest / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -184,8 +182,8 @@ def build_precomputed(
             store_ref = os.path.relpath(store_root, final.resolve())
         except ValueError:  # another drive (Windows)
             store_ref = str(store_root)
-        files = {name: sha256_file(tmp / name) for name in ("embeddings.npz", "projection.npz", "map.npz",
-                                                             "model/model.safetensors", "model/checkpoint.json")}
+        files = file_digests(tmp, ("embeddings.npz", "projection.npz", "map.npz", "model/model.safetensors",
+                                   "model/checkpoint.json"))
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -234,8 +232,7 @@ def _previous_map(explore_dir: Path, checkpoint_sha256: str) -> tuple[UMAPProjec
                          "fit a new map (mlcm project)")
     files = manifest.get("files", {})
     projection = UMAPProjection.load(explore_dir / "projection.npz", expected_sha256=files.get("projection.npz"))
-    if sha256_file(explore_dir / "map.npz") != files.get("map.npz"):
-        raise ValueError(f"checksum mismatch for {explore_dir / 'map.npz'}")
+    verify_file(explore_dir / "map.npz", files.get("map.npz") or "", listed_in=str(manifest_path))
     with np.load(explore_dir / "map.npz", allow_pickle=False) as z:
         ids, xy, placed = z["ids"].tolist(), z["xy"], z["placed_by"].tolist()
     return projection, dict(zip(ids, xy)), dict(zip(ids, placed))

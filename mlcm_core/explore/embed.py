@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlcm_core.io import atomic_write, sha256_file
+from mlcm_core.io import atomic_write, sha256_file, verify_file
 
 if TYPE_CHECKING:
     from mlcm_core.data.store import DatasetStore
     from mlcm_core.models.multimodal import MultimodalModel
 
-__all__ = ["EMBEDDINGS_FILE", "EmbeddingTable", "embed_chunk_task", "embed_store", "load_model_verified", "sha256_file"]
+__all__ = ["EMBEDDINGS_FILE", "EmbeddingTable", "embed_chunk_task", "embed_store", "load_model_verified"]
 
 EMBEDDINGS_FILE = "embeddings.npz"
 FORMAT_VERSION = 1
@@ -131,8 +131,7 @@ class EmbeddingTable:
             path = path / EMBEDDINGS_FILE
         if not path.exists():
             raise FileNotFoundError(f"no embedding table at {path}")
-        if expected_sha256 is not None and sha256_file(path) != expected_sha256:
-            raise ValueError(f"checksum mismatch for {path}: the file is corrupt or was replaced")
+        verify_file(path, expected_sha256)
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             rows = {m: z[f"{m}__rows"] for m in _MODALITIES if f"{m}__rows" in z.files}

@@ -13,8 +13,8 @@ into the shared space; a candidate's score is the weighted mean of the cosine si
 targets and the candidate's embedding in the gallery modality (``gallery``, default "crystal": every
 material with a structure; "dos"/"density" search materials that have those). Because every target is
 compared with the same candidate vector, the weighted mean of cosines is the inner product with the
-weighted mean of the target vectors, so a multi-target query is ONE exact top-k scan (faiss, float16
-gallery, filters applied inside the scan). Each target's own similarity is reported next to the score.
+weighted mean of the target vectors, so a multi-target query is ONE top-k search (faiss, float16
+gallery, filters applied inside the scan; exact up to 1M rows, index.py). Each target's own similarity is reported next to the score.
 
 Caveat on cross-modal scores: a DOS compared with crystal embeddings gives smaller cosines than a crystal
 with crystals (the "modality gap" of contrastive models); the ranking within one query is meaningful,
@@ -45,7 +45,8 @@ import pandas as pd
 
 from mlcm_core.data.conventions import DENSITY_GRID, DOS_N_POINTS, LABELS
 from mlcm_core.explore.build import EXPLORE_DIR, MANIFEST_FORMAT
-from mlcm_core.explore.embed import EmbeddingTable, load_model_verified, sha256_file
+from mlcm_core.explore.embed import EmbeddingTable, load_model_verified
+from mlcm_core.io import ChecksumError, sha256_file, verify_files
 from mlcm_core.explore.export import EXPORT_FORMATS, export_candidates, label_metadata
 from mlcm_core.explore.filters import Filters, element_matrix
 from mlcm_core.explore.index import GridIndex2D, TopKIndex
@@ -70,6 +71,10 @@ _HINT_BINS = 64
 
 class ExplorerError(RuntimeError):
     """The precomputed folder is missing, corrupt or does not fit the store/model."""
+
+
+class ExplorerChecksumError(ExplorerError, ChecksumError):
+    """A file of the explorer manifest is missing or differs from its SHA-256."""
 
 
 @dataclass
@@ -212,12 +217,7 @@ class Explorer:
             unlisted = [n for n in _REQUIRED_FILES if n not in files]
             if unlisted:
                 raise ExplorerError(f"{directory / 'manifest.json'} lists no checksum for {unlisted}: cannot verify")
-            for name, digest in files.items():
-                path = directory / name
-                if not path.exists():
-                    raise ExplorerError(f"missing {path} listed in the explorer manifest")
-                if sha256_file(path) != digest:
-                    raise ExplorerError(f"checksum mismatch for {path}: the file is corrupt or was modified")
+            verify_files(directory, files, listed_in="the explorer manifest", error=ExplorerChecksumError)
             heads = directory.parent / HEADS_DIR
             if (heads / "manifest.json").exists():  # optional, but never silently corrupt
                 try:
@@ -303,7 +303,8 @@ class Explorer:
         return predictor.predict(self._as_structure(structure)).drop(columns="structure")
 
     def index(self, gallery: str) -> TopKIndex:
-        """The exact top-k index over one modality's embeddings (built on first use)."""
+        """The top-k index over one modality's embeddings (built on first use): exact up to ``index.ANN_MIN_ROWS``
+        (1M) rows, approximate with exact re-ranking above (``index.TopKIndex``)."""
         if gallery not in _GALLERIES:
             raise ValueError(f"unknown gallery {gallery!r}; choose from {_GALLERIES}")
         if gallery not in self.embeddings.rows or len(self.embeddings.rows[gallery]) == 0:

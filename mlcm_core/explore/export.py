@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mlcm_core.data.conventions import LABELS
-from mlcm_core.explore.embed import atomic_write
+from mlcm_core.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -149,19 +149,19 @@ def export_candidates(
                 flat[c] = [json.dumps(_jsonable(v)) if isinstance(v, (list, tuple, np.ndarray, dict)) else v
                            for v in flat[c]]
         text = _CSV_MAGIC + json.dumps(header, separators=(",", ":")) + "\n" + flat.to_csv(index=False)
-        atomic_write(target, lambda f: f.write(text.encode("utf-8")))
+        atomic_write_bytes(target, text.encode("utf-8"))
         written["csv"] = target
     if "json" in formats:
         target = base.with_name(base.name + _SUFFIX["json"])
         doc = {**header, "candidates": _records(candidates)}
         data = json.dumps(doc, indent=1, allow_nan=False).encode("utf-8")
-        atomic_write(target, lambda f: f.write(data))
+        atomic_write_bytes(target, data)
         written["json"] = target
     if "cif_zip" in formats:
         if structure_of is None:
             raise ValueError("cif_zip export needs structure_of (id -> Structure)")
         target = base.with_name(base.name + _SUFFIX["cif_zip"])
-        atomic_write(target, lambda f: f.write(_cif_zip(candidates, header, structure_of)))
+        atomic_write_bytes(target, _cif_zip(candidates, header, structure_of))
         written["cif_zip"] = target
     return written
 

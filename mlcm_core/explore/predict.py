@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mlcm_core.io import atomic_write, sha256_file, staged_dir
+from mlcm_core.io import ChecksumError, atomic_write, file_digests, sha256_file, staged_dir, verify_files
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -54,6 +54,10 @@ THEORY = ("MLCM prediction: crystal encoder fine-tuned on Materials Project PBE(
 
 class HeadsError(RuntimeError):
     """A heads folder is missing, corrupt or inconsistent."""
+
+
+class HeadsChecksumError(HeadsError, ChecksumError):
+    """A file of the heads manifest is missing or differs from its SHA-256."""
 
 
 @dataclass(frozen=True)
@@ -106,12 +110,7 @@ def verify_heads(directory: str | Path) -> dict[str, Any]:
         raise HeadsError(f"{mpath} is not a property-heads manifest")
     if manifest.get("version") != MANIFEST_VERSION:
         raise HeadsError(f"{mpath}: version {manifest.get('version')!r}, this code reads {MANIFEST_VERSION}")
-    for name, digest in manifest.get("files", {}).items():
-        path = directory / name
-        if not path.is_file():
-            raise HeadsError(f"missing {path} listed in the heads manifest")
-        if sha256_file(path) != digest:
-            raise HeadsError(f"checksum mismatch for {path}: the file is corrupt or was modified")
+    verify_files(directory, manifest.get("files", {}), listed_in="the heads manifest", error=HeadsChecksumError)
     return manifest
 
 
@@ -278,8 +277,8 @@ def build_heads(store: DatasetStore | str | Path, runs: Mapping[str, str | Path]
             specs.append({"name": result["target"], "column": result["column"], "transform": result["transform"],
                           "unit": result["unit"], "members": rels, "metrics": metrics,
                           "finetune_config": json.loads(json.dumps(_read_yaml(run / "config.yaml"), default=str))})
-        files = {f"{rel}/{f}": sha256_file(tmp / rel / f) for s in specs for rel in s["members"]
-                 for f in ("checkpoint.json", "model.safetensors")}
+        files = file_digests(tmp, [f"{rel}/{f}" for s in specs for rel in s["members"]
+                                   for f in ("checkpoint.json", "model.safetensors")])
         manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "targets": specs,
                                     "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest))  # so that load() can read the members

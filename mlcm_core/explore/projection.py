@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from mlcm_core.explore.embed import atomic_write, sha256_file
+from mlcm_core.io import atomic_write, verify_file
 from mlcm_core.explore.index import TopKIndex
 
 __all__ = ["INIT_QUANTUM", "PROJECTION_FILE", "UMAPProjection", "exact_cosine_knn", "place_by_neighbours"]
@@ -367,8 +367,7 @@ class UMAPProjection:
             path = path / PROJECTION_FILE
         if not path.exists():
             raise FileNotFoundError(f"no projection at {path}")
-        if expected_sha256 is not None and sha256_file(path) != expected_sha256:
-            raise ValueError(f"checksum mismatch for {path}: the file is corrupt or was replaced")
+        verify_file(path, expected_sha256)
         with np.load(path, allow_pickle=False) as z:
             return cls(train_vectors=z["train_vectors"], embedding=z["embedding"], params=json.loads(str(z["params"])))
 

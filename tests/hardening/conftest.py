@@ -170,7 +170,8 @@ def training_checkpoint(tmp_path_factory):
 def build_explore_dir(store, checkpoint: Path, out: Path) -> Path:
     """build_precomputed's layout without embedding or UMAP: random unit vectors and a fixed map."""
     from mlcm_core.explore.build import EXPLORE_DIR, MANIFEST_FORMAT, _copy_checkpoint
-    from mlcm_core.explore.embed import EmbeddingTable, sha256_file
+    from mlcm_core.explore.embed import EmbeddingTable
+    from mlcm_core.io import sha256_file
     from mlcm_core.explore.projection import UMAPProjection
 
     ex = out / EXPLORE_DIR
