@@ -2,6 +2,7 @@
 every MP structure, per variant and seed, side by side.
 
     python benchmarks/transfer_ablation.py [--variants base,augment,...] [--seeds 0] [--epochs 15] [--json OUT]
+    python benchmarks/transfer_ablation.py --summarize var/runs/transfer/*.json     # one table, mean +- std
 
 Each variant is a crystal + DOS pre-training run (the two modalities the DOS search uses; densities wait for
 the density backfill, docs/dft.md) with the `cpu` budget of `mlcm evaluate` (model `cpu`, batch 32, LR 5e-4,
@@ -15,6 +16,7 @@ the density backfill, docs/dft.md) with the `cpu` budget of `mlcm evaluate` (mod
   empty bands, as VASP's Si run: 0.66 states/eV at +8 eV where GPAW has 6.5);
 * ``unpaired``: 32 train-split crystals without a DOS join every batch as extra negatives of the DOS queries
   (``unpaired_per_batch``, loss option ``unpaired_negatives``): the app's gallery is mostly such crystals;
+* ``unpaired_long``: 32 of them and 3x the epochs;
 * ``unpaired128``: 128 of them per batch;
 * ``unpaired_augment``: 32 of them and ``augment_dos``.
 
@@ -49,6 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "long_augment": {"epochs_mult": 3, "augment_dos": True},
     "unpaired": {"unpaired_per_batch": 32, "loss_options": {"unpaired_negatives": True}},
     "augment_cut": {"augment_dos": True, "augment_dos_options": {"top_cut_ev": (3.0, 10.0)}},
+    "unpaired_long": {"epochs_mult": 3, "unpaired_per_batch": 32, "loss_options": {"unpaired_negatives": True}},
     "unpaired128": {"unpaired_per_batch": 128, "loss_options": {"unpaired_negatives": True}},
     "unpaired_augment": {"unpaired_per_batch": 32, "loss_options": {"unpaired_negatives": True}, "augment_dos": True},
 }
@@ -97,6 +100,30 @@ def measure(checkpoint: Path, store: Any, cache: Path) -> dict[str, Any]:
     return out
 
 
+def summarize(paths: list[Path]) -> None:
+    """One markdown table from the --json files of several invocations: mean +- std over seeds per variant."""
+    merged: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for variant, by_seed in json.loads(path.read_text()).items():
+            merged.setdefault(variant, {}).update(by_seed)
+
+    def stat(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+
+    print("| variant | seeds | val median rank | val top-10 | test median rank | test top-10 | VASP Si rank (each seed) |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, by_seed in merged.items():
+        runs = [by_seed[k] for k in sorted(by_seed, key=int)]
+        print(f"| {variant} | {len(runs)} | {stat([r['val']['median_rank'] for r in runs])} | "
+              f"{stat([100 * r['val']['top10'] for r in runs])} % | {stat([r['test']['median_rank'] for r in runs])} | "
+              f"{stat([100 * r['test']['top10'] for r in runs])} % | "
+              f"{', '.join(str(round(r['si_vasp_rank'])) for r in runs)} |")
+    any_run = next(iter(next(iter(merged.values())).values()))
+    print(f"\nN queries: val {any_run['val']['n_queries']}, test {any_run['test']['n_queries']}; gallery "
+          f"{any_run['n_gallery']:,} MP structures; chance median rank {any_run['val']['chance_median_rank']:.0f}.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -108,7 +135,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--reference", type=Path, default=None, help="also measure this checkpoint (e.g. the shipped one)")
+    ap.add_argument("--summarize", type=Path, nargs="+", default=None,
+                    help="only print one table from these --json files (several invocations merged)")
     args = ap.parse_args()
+    if args.summarize:
+        summarize(args.summarize)
+        return
 
     import torch
 
