@@ -21,8 +21,10 @@ from app.views.card import PropertyCard
 from app.views.density import DensityView
 from app.views.dos import DOSView
 from app.views.filters import FiltersView
+from app.views.intro import IntroView
 from app.views.map import MapView
 from app.views.materials import MaterialsTable
+from app.views.search import SearchView
 from app.views.selection import SelectionSummary
 from app.views.structure import StructureView
 from app.views.target import TargetDOSView
@@ -61,6 +63,8 @@ class Dashboard:
         self.density = DensityView(state=state)
         self.upload = UploadView(state=state)
         self.validate = ValidateView(state=state)
+        self.search = SearchView(state=state)
+        self.intro = IntroView(state=state)
 
     def summary(self) -> str:
         info = self.state.dataset.info()
@@ -94,6 +98,8 @@ class Dashboard:
         later = self.defer if self.lazy else (lambda view, **_: view)
         controls = _Controls
         sidebar = [
+            self.intro,  # at the top of the sidebar: open, it must not push the map below the fold
+            pn.Card(self.search, title="Find a material", collapsed=False, css_classes=["mlcm-find"]),
             pn.Card(self.map.controls(), title="Map", collapsed=False),
             pn.Card(later(controls(self.target.controls)), title="Target DOS", collapsed=False),
             pn.Card(later(self.filters), title="Retrieval filters", collapsed=True),

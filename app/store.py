@@ -33,7 +33,7 @@ import panel as pn
 import param
 
 from mlcm_core import load_dataset
-from mlcm_core.data.conventions import DOS_ENERGIES, LABELS
+from mlcm_core.data.conventions import DOS_ENERGIES, LABELS, label_title
 
 log = logging.getLogger("mlcm.app")
 if not log.handlers:  # the server's log shows session build times and warm-up steps
@@ -53,6 +53,22 @@ MAX_UPLOAD_BYTES = 1_000_000  # CIF/POSCAR/CSV uploads; real crystal files are a
 COVERAGE_NAMES = {(1, 0, 0): "structure", (1, 1, 0): "structure+DOS", (1, 0, 1): "structure+density",
                   (1, 1, 1): "all three", (0, 1, 0): "DOS only", (0, 0, 1): "density only",
                   (0, 1, 1): "DOS+density", (0, 0, 0): "none"}
+
+
+# what a table header shows for the app's own columns (property columns: conventions.label_title, from LABELS)
+COLUMN_TITLES = {"formula": "formula", "source": "dataset source", "nsites": "sites", "spacegroup_symbol": "space group",
+                 "crystal_system": "crystal system", "has_structure": "structure", "has_dos": "DOS",
+                 "has_charge_density": "charge density", "split": "split", "score": "score (cosine)",
+                 "sim_dos": "similarity to the DOS", "sim_structure": "similarity to the structure",
+                 "sim_material": "similarity to the material", "sim_density": "similarity to the density",
+                 "dos_mae_to_target": "DOS MAE to target (1/eV)", "region_count": "materials in its map region",
+                 "modality_disagreement": "modality disagreement", "prediction_spread": "prediction spread (σ/MAE)"}
+
+
+def column_title(column: str) -> str:
+    """The header a person reads for a table column: a property with its unit, level of theory and source
+    (conventions.label_title), else a plain name for the app's own columns, else the column name."""
+    return label_title(column) if column in LABELS else COLUMN_TITLES.get(column, column)
 
 
 # ---- process-wide loaders (pn.cache: opened once per server process) ------------------------------
@@ -110,31 +126,8 @@ def property_columns(table: pd.DataFrame) -> list[str]:
 
 @pn.cache(max_items=2)
 def map_clusters(explore_path: str, dataset_path: str) -> pd.DataFrame:
-    """HDBSCAN clusters of the 2-D map, each labelled by its dominant crystal system or chemistry.
-
-    Returns one row per cluster: cluster, label, n, x, y (label position = member median) and ``ids``.
-    """
-    from sklearn.cluster import HDBSCAN
-
-    f = map_frame(explore_path, dataset_path)
-    xy = f[["x", "y"]].to_numpy()
-    labels = HDBSCAN(min_cluster_size=max(25, len(f) // 250), min_samples=10, copy=True).fit_predict(xy)
-    rows = []
-    for k in sorted(set(labels) - {-1}):
-        m = labels == k
-        sub = f[m]
-        systems = sub["crystal_system"].astype(str).value_counts()
-        elements = pd.Series([e for es in sub["elements"] for e in es]).value_counts()
-        top_sys, share = systems.index[0], systems.iloc[0] / len(sub)
-        chem = "-".join(elements.index[:2]) if len(elements) else "?"
-        if share >= 0.6 and top_sys != "unknown":
-            label = f"{top_sys} · {chem}"
-        else:
-            label = f"{chem} · mixed" if len(elements) else "unknown"
-        rows.append({"cluster": int(k), "label": f"C{k}: {label}", "n": int(m.sum()),
-                     "x": float(np.median(sub["x"])), "y": float(np.median(sub["y"])),
-                     "ids": sub["id"].tolist()})
-    return pd.DataFrame(rows, columns=["cluster", "label", "n", "x", "y", "ids"])
+    """The map's labelled clusters (``Explorer.map_clusters``: the core's, cached on disk)."""
+    return open_explorer(explore_path, dataset_path).map_clusters()
 
 
 _WARM = {"started": False, "done": {}, "lock": threading.Lock()}
@@ -225,6 +218,9 @@ class AppState(param.Parameterized):
     selection_origin = param.String(default="", doc="how the selection was made")
     polygon = param.List(default=[], doc="the last lasso/box polygon the app received, [[x, y], ...] map coords")
     focus_id = param.String(default="", doc="the material shown in the structure, density and property views")
+    zoom_to = param.List(default=[], doc="[x0, x1, y0, y1]: the map extent a search asks the map to show "
+                                         "(empty: no request); AppState.find sets it")
+    search_text = param.String(default="", doc="the last search (material id, formula or chemical system)")
 
     candidates = param.DataFrame(default=None, allow_None=True, doc="the last Explorer.query result")
     candidates_origin = param.String(default="")
@@ -256,7 +252,8 @@ class AppState(param.Parameterized):
         self.session_id = uuid.uuid4().hex[:12]
         self._candidates_key: tuple | None = None  # the query whose result `candidates` holds
         t = self.table
-        self.param.range_column.objects = ["(none)", *property_columns(t)]
+        # shown as "Band gap (eV, PBE(+U); Materials Project)", the value stays the column name
+        self.param.range_column.objects = {"(none)": "(none)", **{label_title(c): c for c in property_columns(t)}}
         self.param.sources.objects = sorted(t["source"].dropna().astype(str).unique().tolist())
 
     # ---- data ---------------------------------------------------------------------------------
@@ -364,6 +361,55 @@ class AppState(param.Parameterized):
     def select_ids(self, ids: list[str], origin: str) -> None:
         self.param.update(selected_ids=[str(i) for i in ids], selection_origin=origin, polygon=[])
 
+    def find(self, text: str) -> list[str]:
+        """The search box: ``Explorer.find`` (a material id, a formula or a chemical system); returns the ids found.
+
+        One match is focused (as a click or a table row does: structure, density, DOS and card show it); several
+        are selected as a lasso selection would be (card, DOS overlay, histograms and tables follow; the focus
+        is cleared so the card describes the selection, not an earlier click). Either way ``zoom_to`` asks the
+        map to show them. No match or an unreadable query is a message saying why; nothing changes."""
+        from mlcm_core.explore.lookup import MaterialNotFound, MaterialQueryError
+
+        self.search_text = str(text or "").strip()
+        try:
+            match = self.explorer.find(text)
+        except MaterialNotFound as e:
+            self.notify(str(e), "warning")
+            return []
+        except MaterialQueryError as e:
+            self.notify(str(e), "error")
+            return []
+        if len(match.ids) == 1:
+            mid = match.ids[0]
+            self.focus_id = mid
+            formula = self.indexed.at[mid, "formula"] if mid in self.indexed.index else None
+            what = f"{mid} {formula}" if isinstance(formula, str) and formula else mid
+            how = "" if match.kind == "id" else f" (the only material with {match.kind} {match.key})"
+            self.notify(f"found {what}{how}: shown below and starred on the map", "success")
+        else:
+            self.param.update(selected_ids=list(match.ids), selection_origin=f"search: {match.kind} {match.key}",
+                              polygon=[], focus_id="")
+            self.notify(f"selected {len(match.ids):,} materials with {match.kind} {match.key}", "success")
+        self.zoom_to = []  # a new request even when it is the last one's extent (the map may have been panned since)
+        self.zoom_to = self.extent_of(match.ids)
+        return list(match.ids)
+
+    def extent_of(self, ids: list[str], pad: float = 0.1, min_share: float = 0.08) -> list[float]:
+        """[x0, x1, y0, y1] around the materials ``ids`` on the map, padded by ``pad`` of its span and at least
+        ``min_share`` of the whole map's span wide and high (one material: a neighbourhood, not one pixel)."""
+        f = self.frame
+        sub = f[f["id"].isin(ids)]
+        if sub.empty:
+            return []
+        out = []
+        for c in ("x", "y"):
+            lo, hi = float(sub[c].min()), float(sub[c].max())
+            full = float(f[c].max() - f[c].min()) or 1.0
+            half = max((hi - lo) * (1 + 2 * pad), min_share * full) / 2
+            mid = (lo + hi) / 2
+            out += [mid - half, mid + half]
+        return out
+
     def nearest(self, x: float, y: float, max_dist: float | None = None) -> str | None:
         f = self.frame
         d2 = (f["x"].to_numpy() - x) ** 2 + (f["y"].to_numpy() - y) ** 2
@@ -395,7 +441,7 @@ class AppState(param.Parameterized):
         if self.range_column != "(none)" and (self.range_min is not None or self.range_max is not None):
             lo = "" if self.range_min is None else f"{self.range_min:g}"
             hi = "" if self.range_max is None else f"{self.range_max:g}"
-            parts.append(f"{self.range_column} {lo}…{hi}")
+            parts.append(f"{label_title(self.range_column)} {lo}…{hi}")
         if self.elements_include.strip():
             parts.append(f"contains {self.elements_include.strip()}")
         if self.elements_exclude.strip():
@@ -677,7 +723,7 @@ def split_csv_header(path: Path) -> Path:
 def debug_json(state: AppState) -> str:
     """What the browser tests read back: the polygon the app received and what it selected/found."""
     cand = state.candidates
-    return json.dumps({"polygon": state.polygon, "n_selected": len(state.selected_ids),
+    return json.dumps({"polygon": state.polygon, "n_selected": len(state.selected_ids), "zoom_to": state.zoom_to,
                        "selection_origin": state.selection_origin, "focus": state.focus_id,
                        "n_candidates": 0 if cand is None else len(cand),
                        "candidate_ids": [] if cand is None else cand["id"].astype(str).tolist(),

@@ -20,3 +20,5 @@ python -m pip install -q torch==2.13.0
 python -m pip install -q -r requirements/lock-cpu.txt
 python -m pip install -q --no-deps -e .
 python -m pip check
+# caches the dashboard's first page would otherwise compute on a fresh machine (docs/app.md, cold start)
+if [[ -f precomputed/explore/manifest.json ]]; then mlcm app --prepare; fi

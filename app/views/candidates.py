@@ -15,7 +15,7 @@ import panel as pn
 import param
 
 from app.panes import LiveMarkdown
-from app.store import AppState, UserError
+from app.store import AppState, UserError, column_title
 
 SHOWN = ["rank", "id", "formula", "score", "sim_dos", "sim_structure", "sim_material", "dos_mae_to_target", "source",
          "spacegroup_symbol",
@@ -48,7 +48,8 @@ class CandidatesView(pn.viewable.Viewer):
         self._title = LiveMarkdown(self._title_text(), css_classes=["mlcm-candidates-title"])
         self._table = pn.widgets.Tabulator(self.shown(self.state.candidates), pagination="local", page_size=15,
                                            selectable=1, show_index=False, disabled=True, sizing_mode="stretch_width",
-                                           css_classes=["mlcm-candidates"], layout="fit_data_stretch")
+                                           css_classes=["mlcm-candidates"], layout="fit_data_stretch",
+                                           titles=self.titles())
         self._table.param.watch(self._on_select, "selection")
         self.state.param.watch(self._on_candidates, "candidates")
         self._downloads = [
@@ -67,6 +68,11 @@ class CandidatesView(pn.viewable.Viewer):
         bare = df.copy(deep=False)
         bare.attrs = {}  # the query (with a 601-point target DOS) would be deep-copied by every pandas step below
         return bare.reindex(columns=cols + labels).round(4)
+
+    def titles(self) -> dict[str, str]:
+        """Header text per column: properties with unit, level of theory and source, never a raw column name."""
+        cols = [*SHOWN, *self.state.param.range_column.objects]
+        return {c: column_title(c) for c in cols if c not in ("rank", "id", "(none)")}
 
     def _title_text(self) -> str:
         c = self.state.candidates

@@ -6,7 +6,7 @@ import panel as pn
 import param
 
 from app.panes import LiveMarkdown
-from app.store import AppState
+from app.store import AppState, column_title
 
 PAGE_SIZE = 20
 
@@ -27,7 +27,8 @@ class MaterialsTable(pn.viewable.Viewer):
             header_filters={"id": {"type": "input", "func": "like"}, "formula": {"type": "input", "func": "like"},
                             "source": {"type": "list", "valuesLookup": True}},
             disabled=True, sizing_mode="stretch_width", css_classes=["mlcm-materials"],
-            frozen_columns=["id"],
+            frozen_columns=["id"], titles={c: column_title(c) for c in self.state.browse_table(ids=[]).columns
+                                           if c != "id"},
         )
         self._table.param.watch(self._on_select, "selection")
         self.state.param.watch(self._on_ids, "selected_ids")

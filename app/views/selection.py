@@ -17,6 +17,7 @@ import param
 
 from app.panes import LiveHTML, LiveMarkdown
 from app.store import AppState
+from mlcm_core.data.conventions import label_source, label_title
 
 SUMMARY_PROPERTIES = ["band_gap_mp_pbe", "formation_energy_per_atom_mp_pbe", "gap_direct_castelli_gllbsc",
                       "heat_of_formation_castelli_rpbe", "k_vrh_mp_pbe", "total_energy_per_atom_carbon24_pbe"]
@@ -27,11 +28,14 @@ _ALL_HIST: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # (explore
 
 
 def _svg_histogram(title: str, edges: np.ndarray, share_all: np.ndarray, share_sel: np.ndarray) -> str:
-    """Two overlaid bar histograms (grey = all, blue = selection) as a small SVG with an x-axis range."""
+    """Two overlaid bar histograms (grey = all, blue = selection) as a small SVG with an x-axis range; each line
+    of ``title`` is a line above the bars (the first in bold)."""
     top = max(float(share_all.max(initial=0)), float(share_sel.max(initial=0)), 1e-9)
-    pad_l, pad_b, pad_t = 4, 16, 16
+    lines = title.split("\n")
+    height = SVG_H + 12 * (len(lines) - 1)
+    pad_l, pad_b, pad_t = 4, 16, 4 + 12 * len(lines)
     w = (SVG_W - 2 * pad_l) / len(share_all)
-    h = SVG_H - pad_b - pad_t
+    h = height - pad_b - pad_t
     bars = []
     for share, style in ((share_all, "fill:#bbbbbb"), (share_sel, "fill:#1f77b4;fill-opacity:0.6")):
         for i, v in enumerate(share):
@@ -39,11 +43,14 @@ def _svg_histogram(title: str, edges: np.ndarray, share_all: np.ndarray, share_s
                 bh = h * float(v) / top
                 bars.append(f"<rect x='{pad_l + i * w:.1f}' y='{pad_t + h - bh:.1f}' width='{w:.1f}' "
                             f"height='{bh:.1f}' style='{style}'/>")
+    heads = "".join(f"<text x='{pad_l}' y='{11 + 12 * k}' font-size='10'"
+                    + (" font-weight='bold'" if k == 0 else "") + f">{html.escape(line)}</text>"
+                    for k, line in enumerate(lines))
     axis = (f"<line x1='{pad_l}' y1='{pad_t + h}' x2='{SVG_W - pad_l}' y2='{pad_t + h}' stroke='#666'/>"
-            f"<text x='{pad_l}' y='{SVG_H - 3}' font-size='9'>{edges[0]:.3g}</text>"
-            f"<text x='{SVG_W - pad_l}' y='{SVG_H - 3}' font-size='9' text-anchor='end'>{edges[-1]:.3g}</text>"
-            f"<text x='{pad_l}' y='11' font-size='10' font-weight='bold'>{html.escape(title)}</text>")
-    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{SVG_W}' height='{SVG_H}' "
+            f"<text x='{pad_l}' y='{height - 3}' font-size='9'>{edges[0]:.3g}</text>"
+            f"<text x='{SVG_W - pad_l}' y='{height - 3}' font-size='9' text-anchor='end'>{edges[-1]:.3g}</text>"
+            + heads)
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{SVG_W}' height='{height}' "
             f"style='margin:2px 4px'>{''.join(bars)}{axis}</svg>")
 
 
@@ -90,7 +97,8 @@ class SelectionSummary(pn.viewable.Viewer):
             v = sub[c].to_numpy()
             v = v[np.isfinite(v)]
             s, _ = np.histogram(np.clip(v, edges[0], edges[-1]), edges)
-            parts.append(_svg_histogram(f"{c}: {len(v)} selected", edges, share_all, s / max(s.sum(), 1)))
+            title = f"{label_title(c, source=False)}\n{label_source(c) or c}: {len(v)} selected"
+            parts.append(_svg_histogram(title, edges, share_all, s / max(s.sum(), 1)))
         return "<div style='display:flex;flex-wrap:wrap'>" + "".join(parts) + "</div>" if parts else ""
 
     def texts(self, ids: list[str]) -> tuple[str, str]:

@@ -6,6 +6,7 @@ has to ask where a curve came from to interpret it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ __all__ = [
     "GAP_THRESHOLD_EV",
     "LABELS",
     "LabelSpec",
+    "label_source",
+    "label_title",
     "QuantizedDensity",
     "dequantize_density",
     "dos_gap_and_vbm",
@@ -71,6 +74,41 @@ LABELS: dict[str, LabelSpec] = {
     "total_energy_gpaw_pbe": LabelSpec("total energy per cell", "eV", "PBE(+U as for the gap), GPAW PW 500 eV", "MLCM first-principles engine / dft-seed"),
     "magmom_gpaw_pbe": LabelSpec("total magnetic moment per cell", "mu_B", "PBE(+U as for the gap), spin-polarized from MP initial moments, GPAW PW 500 eV", "MLCM first-principles engine"),
 }
+
+
+def _short_theory(theory: str) -> str:
+    """The functional of a LABELS theory, without code and details: "PBE(+U), VASP" -> "PBE(+U)"."""
+    head = theory.split(",")[0].strip()
+    return re.sub(r"\(\+U[^)]*\)", "(+U)", head)
+
+
+def _short_source(source: str) -> str:
+    """Who computed a label, without the route it came by: "Materials Project via matminer ... (Petousis 2017)"
+    -> "Materials Project"."""
+    for sep in (" via ", " (", ",", " / "):
+        source = source.split(sep)[0]
+    return source.strip()
+
+
+def label_source(column: str) -> str:
+    """Who computed a label column, in short ("Materials Project", "Castelli 2012 cubic perovskites"); '' for a
+    column LABELS does not know."""
+    spec = LABELS.get(column)
+    return _short_source(spec.source) if spec is not None else ""
+
+
+def label_title(column: str, source: bool = True) -> str:
+    """What a person reads for a label column: quantity, unit, level of theory (and who computed it), from
+    LABELS, e.g. ``band_gap_mp_pbe`` -> "Band gap (eV, PBE(+U); Materials Project)". A column LABELS does not
+    know is returned as is. ``source`` names who computed it: columns of the same quantity and functional
+    (the Materials Project's matminer snapshot and its live API) differ only there."""
+    spec = LABELS.get(column)
+    if spec is None:
+        return column
+    quantity = spec.quantity[:1].upper() + spec.quantity[1:]
+    parts = [u for u in (spec.unit if spec.unit != "1" else "",) if u]  # "1": dimensionless, no unit to show
+    parts.append(_short_theory(spec.theory) + (f"; {_short_source(spec.source)}" if source else ""))
+    return f"{quantity} ({', '.join(parts)})"
 
 
 def gaussian_broaden(energies: np.ndarray, dos: np.ndarray, sigma: float) -> np.ndarray:

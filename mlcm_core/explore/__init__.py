@@ -20,6 +20,9 @@ __all__ = [
     "Filters",
     "GridIndex2D",
     "HeadsError",
+    "MaterialMatch",
+    "MaterialNotFound",
+    "MaterialQueryError",
     "PropertyPredictor",
     "RangeFilter",
     "TopKIndex",
@@ -28,6 +31,7 @@ __all__ = [
     "build_precomputed",
     "embed_store",
     "export_candidates",
+    "find_materials",
     "place_by_neighbours",
     "read_export",
     "resample_polyline",
@@ -42,6 +46,7 @@ _WHERE = {
     "GridIndex2D": "index", "TopKIndex": "index",
     "UMAPProjection": "projection", "place_by_neighbours": "projection",
     "build_precomputed": "build",
+    "MaterialMatch": "lookup", "MaterialNotFound": "lookup", "MaterialQueryError": "lookup", "find_materials": "lookup",
     "HeadsError": "predict", "PropertyPredictor": "predict", "build_heads": "predict",
 }
 

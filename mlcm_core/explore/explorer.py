@@ -50,6 +50,7 @@ from mlcm_core.io import ChecksumError, sha256_file, verify_files
 from mlcm_core.explore.export import EXPORT_FORMATS, export_candidates, label_metadata
 from mlcm_core.explore.filters import Filters, element_matrix
 from mlcm_core.explore.index import GridIndex2D, TopKIndex
+from mlcm_core.explore.lookup import MaterialMatch, find_materials
 from mlcm_core.explore.predict import HEADS_DIR, HeadsError, PropertyPredictor, verify_heads
 from mlcm_core.explore.projection import UMAPProjection
 from mlcm_core.explore.resample import resample_polyline
@@ -329,6 +330,15 @@ class Explorer:
         """Ids of the materials strictly inside a lasso polygon ((M, 2) map vertices), in table order."""
         return self.embeddings.ids[self.grid.select(polygon_xy)].tolist()
 
+    def find(self, text: str) -> MaterialMatch:
+        """The materials of the map that ``text`` names: a material id (``mp-149``), a formula (``SiO2``, any
+        form pymatgen's Composition reads: every polymorph with that reduced formula) or a chemical system
+        (``Li-Fe-O``: the materials made of exactly those elements). ``ids`` are in table order.
+
+        Raises ``lookup.MaterialNotFound`` when nothing matches and ``lookup.MaterialQueryError`` (both
+        ValueErrors) when the text is none of the three; the messages say which and why."""
+        return find_materials(self.table, text)
+
     def place(self, structure: Structure | str | Path | bytes) -> tuple[float, float]:
         """Map position of a new structure (a pymatgen Structure, a CIF/POSCAR path, or CIF text/bytes).
 
@@ -337,6 +347,16 @@ class Explorer:
         z = self._embed("crystal", self._as_structure(structure))
         x, y = self.projection.transform(z[None, :])[0]
         return float(x), float(y)
+
+    def map_clusters(self, cache_dir: str | Path | None = None) -> pd.DataFrame:
+        """Labelled HDBSCAN clusters of the map (``clusters.map_clusters``; labels cached on disk)."""
+        from mlcm_core.explore.clusters import DEFAULT_CACHE_DIR, map_clusters
+
+        t = self.table
+        xy = np.column_stack([t["x"].astype(np.float64), t["y"].astype(np.float64)])
+        elements = [tuple(e) if e is not None and not isinstance(e, float) else () for e in t["elements"]]
+        return map_clusters(t["id"].astype(str).tolist(), xy, t["crystal_system"].fillna("unknown").astype(str).tolist(),
+                            elements, cache_dir=DEFAULT_CACHE_DIR if cache_dir is None else cache_dir)
 
     def density_hint(self, bins: int = _HINT_BINS) -> DensityHint:
         """Material counts per map region and the per-material modality disagreement (see DensityHint)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shutil
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,37 +116,74 @@ def verify_heads(directory: str | Path) -> dict[str, Any]:
 
 
 class PropertyPredictor:
-    """The shipped property heads; ``predict`` gives mean ± std per target for any structure."""
+    """The shipped property heads; ``predict`` gives mean ± std per target for any structure.
+
+    Why the ensemble members load lazily: ``lookup`` (the stored predictions of gallery materials, what the
+    map and the cards show) needs only the manifest and predictions.npz; the members (torch and
+    torch-geometric, ~6 s to import on a cold machine) are loaded on the first ``predict`` of a new structure.
+    """
 
     def __init__(self, directory: Path, manifest: dict[str, Any], targets: list[_Target],
-                 members: dict[str, list[Any]], graph_config: Any, gallery: dict[str, np.ndarray] | None) -> None:
+                 members: dict[str, list[Any]] | None, graph_config: Any, gallery: dict[str, np.ndarray] | None) -> None:
         self.directory = directory
         self.manifest = manifest
         self.targets = targets
-        self.members = members
-        self.graph_config = graph_config
+        self._members = members
+        self._graph_config = graph_config
+        self._lock = threading.Lock()
         self._gallery = gallery
         self._gallery_pos = ({i: k for k, i in enumerate(gallery["ids"].tolist())} if gallery is not None else {})
 
     # ---- loading -----------------------------------------------------------------------------------
     @classmethod
     def load(cls, directory: str | Path, *, verify: bool = True) -> PropertyPredictor:
-        """Open a heads folder; every file's SHA-256 is checked against the manifest first."""
+        """Open a heads folder; every file's SHA-256 is checked against the manifest first (the ensemble
+        members themselves are read on first use: ``members``)."""
+        directory = Path(directory)
+        manifest = verify_heads(directory) if verify else json.loads((directory / "manifest.json").read_text())
+        files = manifest.get("files", {})
+        targets = []
+        for spec in manifest["targets"]:
+            if not spec.get("members"):
+                raise HeadsError(f"{directory / 'manifest.json'}: target {spec['name']} lists no members")
+            targets.append(_Target(spec["name"], spec["column"], spec["transform"], spec["unit"],
+                                   spec.get("metrics", {}), float(spec.get("sigma_scale", 1.0))))
+        gallery = None
+        if PREDICTIONS_FILE in files:
+            try:
+                with np.load(directory / PREDICTIONS_FILE, allow_pickle=False) as z:
+                    gallery = {k: z[k] for k in z.files}
+            except Exception as e:  # zipfile/numpy raise many kinds
+                raise HeadsError(f"{directory / PREDICTIONS_FILE} is unreadable ({type(e).__name__}: {e})") from e
+        return cls(directory, manifest, targets, None, None, gallery)
+
+    @property
+    def members(self) -> dict[str, list[Any]]:
+        """{target: its ensemble of PropertyRegressor models}, loaded on first use (their files were verified
+        with the manifest when the folder was opened)."""
+        with self._lock:
+            if self._members is None:
+                self._members, self._graph_config = self._load_members()
+            return self._members
+
+    @property
+    def graph_config(self) -> Any:
+        """The crystal-graph featurization the heads were trained with (loads the members)."""
+        self.members  # noqa: B018 - loads them
+        return self._graph_config
+
+    def _load_members(self) -> tuple[dict[str, list[Any]], Any]:
         from mlcm_core.featurize.crystal_graph import CrystalGraphConfig
         from mlcm_core.models.crystal import CrystalEncoderConfig
         from mlcm_core.train.checkpoint import load_state_dict_checked, load_weights, read_checkpoint_info
         from mlcm_core.train.finetune import PropertyRegressor
 
-        directory = Path(directory)
-        manifest = verify_heads(directory) if verify else json.loads((directory / "manifest.json").read_text())
-        files = manifest.get("files", {})
-        targets, members, graph_config = [], {}, None
-        for spec in manifest["targets"]:
-            t = _Target(spec["name"], spec["column"], spec["transform"], spec["unit"], spec.get("metrics", {}),
-                        float(spec.get("sigma_scale", 1.0)))
+        members, graph_config = {}, None
+        specs = {spec["name"]: spec for spec in self.manifest["targets"]}
+        for t in self.targets:
             models = []
-            for rel in spec["members"]:
-                info = read_checkpoint_info(directory / rel)
+            for rel in specs[t.name]["members"]:
+                info = read_checkpoint_info(self.directory / rel)
                 extra = info.extra
                 model = PropertyRegressor(CrystalEncoderConfig(**_tuples(info.model_config)),
                                           int(extra["head_hidden"]), int(extra["head_layers"]),
@@ -159,18 +197,8 @@ class PropertyPredictor:
                 elif gcfg != graph_config:
                     raise HeadsError(f"{info.path}: graph featurization differs from the other heads")
                 models.append(model)
-            if not models:
-                raise HeadsError(f"{directory / 'manifest.json'}: target {t.name} lists no members")
-            targets.append(t)
             members[t.name] = models
-        gallery = None
-        if PREDICTIONS_FILE in files:
-            try:
-                with np.load(directory / PREDICTIONS_FILE, allow_pickle=False) as z:
-                    gallery = {k: z[k] for k in z.files}
-            except Exception as e:  # zipfile/numpy raise many kinds
-                raise HeadsError(f"{directory / PREDICTIONS_FILE} is unreadable ({type(e).__name__}: {e})") from e
-        return cls(directory, manifest, targets, members, graph_config, gallery)
+        return members, graph_config
 
     # ---- prediction --------------------------------------------------------------------------------
     @property
@@ -222,6 +250,9 @@ class PropertyPredictor:
                         self._gallery[f"{t.name}__std"][pos].astype(np.float64)) for t in self.targets}
         return self._frame(keys, raw, "id")
 
+    def _n_members(self, target: str) -> int:
+        return next(len(spec["members"]) for spec in self.manifest["targets"] if spec["name"] == target)
+
     def _frame(self, keys: list[Any], raw: Mapping[str, tuple[np.ndarray, np.ndarray]], key_name: str) -> pd.DataFrame:
         frames = []
         for t in self.targets:
@@ -232,7 +263,7 @@ class PropertyPredictor:
                 key_name: keys, "target": t.name, "quantity": quantity, "label_column": t.column, "mean": mean, "std": std,
                 "transformed_unit": t.unit, "value": value, "low_1sigma": low, "high_1sigma": high, "unit": unit,
                 "test_mae": t.metrics.get("test_mae", np.nan),
-                "theory": THEORY.format(k=len(self.members[t.name]), scale=t.sigma_scale)}))
+                "theory": THEORY.format(k=self._n_members(t.name), scale=t.sigma_scale)}))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -201,8 +201,9 @@ def test_filters_in_force_are_named_for_an_upload_search(state):
     state.param.update(range_column="band_gap_mp_pbe", range_min=1.0)
     state.place_upload(cif, "NaCl.cif")
     assert "mp-22862" not in state.candidates["id"].tolist()
-    assert "filters: band_gap_mp_pbe 1…; unknown values dropped" in state.message
-    assert "**filters: band_gap_mp_pbe 1…; unknown values dropped**" in view._title.object
+    named = "Band gap (eV, PBE(+U); Materials Project) 1…; unknown values dropped"  # the label, not the column
+    assert f"filters: {named}" in state.message
+    assert f"**filters: {named}**" in view._title.object
 
 
 def test_empty_limits_show_as_empty_boxes_not_nan(state):

@@ -218,3 +218,30 @@ def test_mlcm_predict_prints_the_same_values(heads, tmp_path, capsys):
     for r in rows:
         assert r["file"] == str(cif)
         assert r["mean"] == pytest.approx(expected.loc[r["target"], "mean"], abs=1e-4)  # CIF rounding of positions
+
+
+def test_stored_predictions_need_no_torch_and_members_load_on_first_predict(heads):
+    """The map and the cards read stored predictions: opening the heads and looking them up imports neither
+    torch nor torch-geometric (seconds on a cold machine, in the first page's path); predicting a new structure
+    then loads the members and gives the same values as the stored ones."""
+    import subprocess
+    import sys
+
+    store, pre = heads
+    mid = str(store.table.loc[store.table["has_structure"].astype(bool), "id"].iloc[0])
+    code = ("import sys, json; from mlcm_core.explore.predict import PropertyPredictor; "
+            f"p = PropertyPredictor.load({str(pre / 'heads')!r}); rows = p.lookup([{mid!r}]); "
+            "print(json.dumps({'rows': len(rows), 'torch': 'torch' in sys.modules, "
+            "'pyg': 'torch_geometric' in sys.modules, 'theory': rows['theory'].iloc[0]}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["rows"] == 2 and not seen["torch"] and not seen["pyg"] and "2-member ensemble" in seen["theory"]
+
+    from mlcm_core.explore.predict import PropertyPredictor
+
+    p = PropertyPredictor.load(pre / "heads")
+    assert p._members is None
+    fresh = p.predict(store.structure(mid)).set_index("target")["mean"]
+    assert p._members is not None and len(p.members["log10_k_vrh"]) == 2
+    stored = p.lookup([mid]).set_index("target")["mean"]
+    np.testing.assert_allclose(fresh.loc[stored.index].to_numpy(), stored.to_numpy(), rtol=1e-4, atol=1e-5)
