@@ -150,4 +150,4 @@ if pn.state.served:
     build_app(_state, lazy=True).servable()
     log.info("session %s built in %.2f s", _state.session_id, _time.perf_counter() - _t0)
     pn.state.on_session_destroyed(release_memory)
-    warm_views()
+    pn.state.onload(warm_views)  # after the page has loaded: compiling kernels must not delay the first page

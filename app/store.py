@@ -139,19 +139,41 @@ _QUERY_LOCK = threading.Lock()
 
 def warm_up(explore_path: str, dataset_path: str, background: bool = True) -> dict[str, float]:
     """Do the slow first calls once per process: store, Explorer, map, clusters (synchronously, the first
-    paint needs them), then the query model, the placement kernels and crystal_toolkit (in a thread)."""
+    paint needs them), then the query model, the placement kernels and crystal_toolkit (``warm_background``).
+
+    With ``background`` the second part starts in a thread once the calling session's page has loaded in the
+    browser (``pn.state.onload``; at once outside a served session): started earlier, its imports compete
+    for the interpreter with building and sending the first page (cold start 18 s -> see docs/app.md).
+    """
     timings: dict[str, float] = _WARM["done"]
     with _WARM["lock"]:
-        if _WARM["started"]:
-            return timings
+        first = not _WARM["started"]
         _WARM["started"] = True
-    for name, fn in (("dataset", lambda: open_dataset(dataset_path)),
-                     ("explorer", lambda: open_explorer(explore_path, dataset_path)),
-                     ("map", lambda: map_frame(explore_path, dataset_path)),
-                     ("clusters", lambda: map_clusters(explore_path, dataset_path))):
-        t = time.perf_counter()
-        fn()
-        timings[name] = time.perf_counter() - t
+    if first:
+        for name, fn in (("dataset", lambda: open_dataset(dataset_path)),
+                         ("explorer", lambda: open_explorer(explore_path, dataset_path)),
+                         ("map", lambda: map_frame(explore_path, dataset_path)),
+                         ("clusters", lambda: map_clusters(explore_path, dataset_path))):
+            t = time.perf_counter()
+            fn()
+            timings[name] = time.perf_counter() - t
+        log.info("warm-up (first page) done: %s", {k: round(v, 2) for k, v in timings.items()})
+    if not background:
+        warm_background(explore_path, dataset_path, thread=False)
+    elif pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        pn.state.onload(lambda: warm_background(explore_path, dataset_path))
+    else:
+        warm_background(explore_path, dataset_path)
+    return timings
+
+
+def warm_background(explore_path: str, dataset_path: str, thread: bool = True) -> None:
+    """The query model, the placement kernels and crystal_toolkit, once per process (in a thread)."""
+    with _WARM["lock"]:
+        if _WARM.get("background_started"):
+            return
+        _WARM["background_started"] = True
+    timings: dict[str, float] = _WARM["done"]
 
     def slow() -> None:
         ex = open_explorer(explore_path, dataset_path)
@@ -172,13 +194,10 @@ def warm_up(explore_path: str, dataset_path: str, background: bool = True) -> di
         _WARM["background_done"] = True
         log.info("warm-up (background) done: %s", {k: round(v, 2) for k, v in timings.items()})
 
-    log.info("warm-up (first page) done: %s", {k: round(v, 2) for k, v in timings.items()})
-    if background:
+    if thread:
         threading.Thread(target=slow, name="mlcm-warm-up", daemon=True).start()
     else:
         slow()
-        _WARM["background_done"] = True
-    return timings
 
 
 def _import_crystal_toolkit() -> None:
