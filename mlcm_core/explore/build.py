@@ -14,12 +14,11 @@ Layout written to ``<out_dir>/explore/`` (the app loads it with ``Explorer.load(
                       rotated its checkpoints away
 
 The folder is assembled under a temporary name and renamed into place, replacing an older build only
-once the new one is complete. Run ``python -m mlcm_core.explore.build --help``.
+once the new one is complete. Command line: ``mlcm project`` (fit a new map) and ``mlcm embed`` (keep the map).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import json
@@ -236,28 +235,3 @@ def _previous_map(explore_dir: Path, checkpoint_sha256: str) -> tuple[UMAPProjec
     with np.load(explore_dir / "map.npz", allow_pickle=False) as z:
         ids, xy, placed = z["ids"].tolist(), z["xy"], z["placed_by"].tolist()
     return projection, dict(zip(ids, xy)), dict(zip(ids, placed))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build the explorer's precomputed folder (<out>/explore).")
-    parser.add_argument("--store", default="precomputed/dataset")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint or run dir (default: latest of var/runs/pt_allpairs)")
-    parser.add_argument("--out", default="precomputed")
-    parser.add_argument("--limit", type=int, default=None, help="embed only the first N materials (a quick check)")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    ids = None
-    if args.limit is not None:
-        from mlcm_core.data.store import DatasetStore
-
-        ids = DatasetStore.open(args.store, verify=False).table["id"].head(args.limit).tolist()
-    path = build_precomputed(args.store, args.checkpoint, args.out, ids=ids, workers=args.workers,
-                             cache_dir=args.cache_dir, seed=args.seed)
-    print(json.dumps(json.loads((path / "manifest.json").read_text())["counts"]))
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

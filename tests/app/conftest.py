@@ -25,7 +25,7 @@ def _explore_path() -> Path | None:
 def explore_path() -> Path:
     p = _explore_path()
     if p is None:
-        pytest.skip("no explorer data: python -m mlcm_core.explore.build --store precomputed/dataset --out precomputed")
+        pytest.skip("no explorer data: mlcm project --store precomputed/dataset --out precomputed")
     return p
 
 
