@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mlcm_core.cli import main
-from tests.conftest import DEFAULT_STORE
+from tests.conftest import DEFAULT_STORE, ROOT
 
 
 def test_info_json_reports_the_default_counts(capsys):
@@ -43,7 +43,6 @@ def test_ingest_vasp_and_structures_add_shards(tmp_path, capsys):
     import shutil
 
     from mlcm_core import load_dataset
-    from tests.conftest import ROOT
 
     store = tmp_path / "ds"
     shutil.copytree(DEFAULT_STORE, store)
@@ -107,3 +106,18 @@ def test_mlcm_app_stops_with_its_server(sig, tmp_path):
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+def test_mlcm_app_prepare_caches_the_map_clusters(tmp_path, monkeypatch, capsys):
+    """`mlcm app --prepare` (run by scripts/setup.sh) leaves the shipped map's cluster labels in the cache the
+    app's first page reads, and serves nothing."""
+    monkeypatch.setenv("MLCM_CACHE_DIR", str(tmp_path))
+    assert main(["app", "--prepare"]) == 0
+    cached = list((tmp_path / "clusters").glob("*.npy"))
+    assert len(cached) == 1
+    from mlcm_core.explore import Explorer
+
+    ex = Explorer.load(ROOT / "precomputed" / "explore", store=ROOT / "precomputed" / "dataset")
+    clusters = ex.map_clusters(cache_dir=tmp_path / "clusters")
+    assert f"prepared: {len(clusters)} map clusters cached" in capsys.readouterr().out and len(clusters) >= 5
+    assert len(list((tmp_path / "clusters").glob("*.npy"))) == 1  # the same key: read, not recomputed

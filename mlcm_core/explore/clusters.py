@@ -23,17 +23,21 @@ import pandas as pd
 
 from mlcm_core.io import atomic_write_bytes
 
-__all__ = ["DEFAULT_CACHE_DIR", "cluster_labels", "map_clusters"]
-
-DEFAULT_CACHE_DIR = Path(os.environ.get("MLCM_CACHE_DIR") or Path(__file__).resolve().parents[2] / "var" / "cache") / "clusters"
+__all__ = ["cluster_labels", "default_cache_dir", "map_clusters"]
 _VERSION = 1  # bump when the clustering changes, so older cached labels are not reused
 
 log = logging.getLogger(__name__)
 
 
+def default_cache_dir() -> Path:
+    """``$MLCM_CACHE_DIR/clusters``, else the checkout's ``var/cache/clusters`` (read at each call)."""
+    return Path(os.environ.get("MLCM_CACHE_DIR") or Path(__file__).resolve().parents[2] / "var" / "cache") / "clusters"
+
+
 def cluster_labels(xy: np.ndarray, *, min_cluster_size: int | None = None, min_samples: int = 10,
-                   cache_dir: str | Path | None = DEFAULT_CACHE_DIR) -> np.ndarray:
-    """HDBSCAN label of every map point (-1 = noise); cached by the coordinates' and parameters' SHA-256.
+                   cache_dir: str | Path | None = "default") -> np.ndarray:
+    """HDBSCAN label of every map point (-1 = noise); cached by the coordinates' and parameters' SHA-256
+    in ``cache_dir`` ("default": ``default_cache_dir()``; None: no cache).
 
     ``min_cluster_size`` defaults to max(25, N / 250): ~70 materials at 18k, so clusters are regions a person
     can read on the map, not every clump.
@@ -41,6 +45,8 @@ def cluster_labels(xy: np.ndarray, *, min_cluster_size: int | None = None, min_s
     xy = np.ascontiguousarray(xy, dtype=np.float64)
     size = int(min_cluster_size or max(25, len(xy) // 250))
     key = hashlib.sha256(xy.tobytes() + f"|{size}|{min_samples}|{_VERSION}".encode()).hexdigest()
+    if cache_dir == "default":
+        cache_dir = default_cache_dir()
     path = Path(cache_dir) / f"{key[:32]}.npy" if cache_dir is not None else None
     if path is not None and path.exists():
         try:
@@ -64,7 +70,7 @@ def cluster_labels(xy: np.ndarray, *, min_cluster_size: int | None = None, min_s
 
 
 def map_clusters(ids: Sequence[str], xy: np.ndarray, crystal_system: Sequence[str],
-                 elements: Sequence[Sequence[str]], *, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+                 elements: Sequence[Sequence[str]], *, cache_dir: str | Path | None = "default",
                  ) -> pd.DataFrame:
     """One row per cluster: cluster, label ("C3: cubic · O-Mg" when >= 60 % share one crystal system, else
     "O-Mg · mixed"), n, x, y (label position = member median) and ``ids``."""

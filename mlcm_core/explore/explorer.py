@@ -348,15 +348,15 @@ class Explorer:
         x, y = self.projection.transform(z[None, :])[0]
         return float(x), float(y)
 
-    def map_clusters(self, cache_dir: str | Path | None = None) -> pd.DataFrame:
-        """Labelled HDBSCAN clusters of the map (``clusters.map_clusters``; labels cached on disk)."""
-        from mlcm_core.explore.clusters import DEFAULT_CACHE_DIR, map_clusters
+    def map_clusters(self, cache_dir: str | Path | None = "default") -> pd.DataFrame:
+        """Labelled HDBSCAN clusters of the map (``clusters.map_clusters``; labels cached on disk, see there)."""
+        from mlcm_core.explore.clusters import map_clusters
 
         t = self.table
         xy = np.column_stack([t["x"].astype(np.float64), t["y"].astype(np.float64)])
         elements = [tuple(e) if e is not None and not isinstance(e, float) else () for e in t["elements"]]
         return map_clusters(t["id"].astype(str).tolist(), xy, t["crystal_system"].fillna("unknown").astype(str).tolist(),
-                            elements, cache_dir=DEFAULT_CACHE_DIR if cache_dir is None else cache_dir)
+                            elements, cache_dir=cache_dir)
 
     def density_hint(self, bins: int = _HINT_BINS) -> DensityHint:
         """Material counts per map region and the per-material modality disagreement (see DensityHint)."""
