@@ -233,6 +233,7 @@ SAFE_LOADERS = {  # file -> the deserialising calls it may make; each is documen
     "mlcm_core/explore/embed.py": ["np.load(path, allow_pickle=False)"],
     "mlcm_core/explore/projection.py": ["np.load(path, allow_pickle=False)"],
     "mlcm_core/explore/explorer.py": ["np.load(path, allow_pickle=False)"],
+    "mlcm_core/explore/clusters.py": ["np.load(path, allow_pickle=False)"],
     "mlcm_core/explore/build.py": ["np.load(explore_dir / 'map.npz', allow_pickle=False)"],
     "mlcm_core/explore/predict.py": ["np.load(directory / PREDICTIONS_FILE, allow_pickle=False)"],
     "mlcm_core/dft/engine.py": ["np.load(path)"],
