@@ -53,7 +53,17 @@ def _read_only_copy(dest: Path) -> Path:
 
 def _session_digest(url: str) -> dict[str, list]:
     """Open a session on the server (as a browser would) and summarise its document: the data of every
-    ColumnDataSource and every text, sorted (model ids are per process, contents are not)."""
+    ColumnDataSource and every text, sorted (model ids are per process, contents are not).
+
+    In a thread of its own: Bokeh's client runs an event loop, and in a full test run Playwright's (the
+    session-scoped browser of tests/browser) is already running in this thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_session_digest_here, url).result(timeout=600)
+
+
+def _session_digest_here(url: str) -> dict[str, list]:
     import numpy as np
     import panel.models  # noqa: F401 - registers Panel's Bokeh models, so the document can be decoded
     from bokeh.client import pull_session
