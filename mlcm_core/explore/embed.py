@@ -173,17 +173,17 @@ def _batched(seq: Sequence[Any], size: int):
         yield seq[start : start + size]
 
 
-_FLAGS = {"crystal": "has_structure", "dos": "has_dos", "density": "has_charge_density"}
-
-
 def _plan(table: Any, all_ids: list[str], mods: Sequence[str], chunk: int) -> list[tuple[str, list[str]]]:
     """The (modality, material ids) chunks to embed, in output order: the unit of work in and out of process.
 
     Both paths embed exactly these chunks with the same batches, so their arrays are identical.
     """
+    from mlcm_core.featurize.dataset import modality_columns
+
+    flags = modality_columns()
     parts = []
     for m in mods:
-        todo = [i for i, f in zip(all_ids, table[_FLAGS[m]].fillna(False).astype(bool)) if f]
+        todo = [i for i, f in zip(all_ids, table[flags[m]].fillna(False).astype(bool)) if f]
         parts.extend((m, list(part)) for part in _batched(todo, chunk if m != "density" else max(1, min(chunk, 64))))
     return parts
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -85,9 +86,7 @@ def select_rows(store: DatasetStore, split: str, modalities: Sequence[str], min_
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}")
     t = store.table
-    flags = modality_columns()
-    count = sum(t[flags[m]].fillna(False).astype(bool).astype(int) for m in modalities)
-    ids = t.loc[(t["split"] == split) & (count >= min_modalities), "id"].astype(str).tolist()
+    ids = t.loc[(t["split"] == split) & (_modality_count(t, modalities) >= min_modalities), "id"].astype(str).tolist()
     ids.sort()
     if max_rows is not None and len(ids) > max_rows:
         keep = np.random.default_rng(seed).permutation(len(ids))[:max_rows]
@@ -99,9 +98,14 @@ def select_unpaired_rows(store: DatasetStore, split: str, modalities: Sequence[s
     """Sorted ids of ``split`` rows having at least one but fewer than ``min_modalities`` of ``modalities``:
     no positive pair, but negatives for the modality they have (``TrainConfig.unpaired_per_batch``)."""
     t = store.table
-    flags = modality_columns()
-    count = sum(t[flags[m]].fillna(False).astype(bool).astype(int) for m in modalities)
+    count = _modality_count(t, modalities)
     return sorted(t.loc[(t["split"] == split) & (count >= 1) & (count < min_modalities), "id"].astype(str))
+
+
+def _modality_count(table: pd.DataFrame, modalities: Sequence[str]) -> pd.Series:
+    """How many of ``modalities`` each row of the store table has."""
+    flags = modality_columns()
+    return sum(table[flags[m]].fillna(False).astype(bool).astype(int) for m in modalities)
 
 
 def _assert_split(store: DatasetStore, ids: Sequence[str], split: str) -> None:
