@@ -36,6 +36,7 @@ import numpy as np
 from mlcm_core.evaluate.baseline import DEFAULT_RF_GRID
 from mlcm_core.evaluate.inverse_design import DEFAULT_KS, DEFAULT_RANDOM_SEEDS
 from mlcm_core.io import atomic_write_text
+from mlcm_core.modalities import MODALITIES, specs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +59,6 @@ __all__ = [
     "select_method",
 ]
 
-MODALITIES: tuple[str, ...] = ("crystal", "dos", "density")
 DEFAULT_TARGETS: tuple[str, ...] = ("band_gap", "formation_energy_per_atom", "log10_k_vrh", "log10_g_vrh")
 
 
@@ -467,8 +467,7 @@ def compare_modalities(store: DatasetStore, seeds: Sequence[int], budget: Budget
     checkpoint and fine-tuning results are reused instead of training again.
     """
     t = store.table
-    flags = t["has_structure"].fillna(False).astype(bool) & t["has_dos"].fillna(False).astype(bool) \
-        & t["has_charge_density"].fillna(False).astype(bool)
+    flags = np.logical_and.reduce([t[s.store_flag].fillna(False).astype(bool).to_numpy() for s in specs(MODALITIES)])
     view = restrict_rows(store, t.loc[flags, "id"])
     runs: list[dict[str, Any]] = []
     same_rows = True

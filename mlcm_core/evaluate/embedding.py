@@ -25,12 +25,11 @@ Embeddings = dict[str, tuple[list[str], np.ndarray]]  # modality -> (ids having 
 def split_ids(store: DatasetStore, split: str | Sequence[str], modalities: Sequence[str],
               min_modalities: int = 1) -> list[str]:
     """Sorted ids of ``split`` rows (one split or several) having at least ``min_modalities`` of ``modalities``."""
-    from mlcm_core.featurize.dataset import modality_columns
+    from mlcm_core import modalities as _modalities
 
     splits = [split] if isinstance(split, str) else list(split)
     t = store.table
-    flags = modality_columns()
-    count = sum(t[flags[m]].fillna(False).astype(bool).astype(int) for m in modalities)
+    count = sum(t[_modalities.get(m).store_flag].fillna(False).astype(bool).astype(int) for m in modalities)
     ids = t.loc[t["split"].isin(splits) & (count >= min_modalities), "id"].astype(str).tolist()
     return sorted(ids)
 
@@ -54,7 +53,7 @@ def embed_split(model: MultimodalModel, store: DatasetStore, ids: Sequence[str],
     import torch
     from torch.utils.data import DataLoader
 
-    from mlcm_core.featurize.dataset import MASK_KEYS, MultimodalDataset, collate_multimodal
+    from mlcm_core.featurize.dataset import MultimodalDataset, collate_multimodal
 
     mods = tuple(m for m in model.config.modalities if modalities is None or m in modalities)
     unknown = set(modalities or ()) - set(model.config.modalities)
@@ -72,8 +71,9 @@ def embed_split(model: MultimodalModel, store: DatasetStore, ids: Sequence[str],
             with torch.no_grad():
                 for batch in loader:
                     out = model(batch.to(device))
+                    masks = batch.modality_masks()
                     for m in mods:
-                        mask = batch.masks[MASK_KEYS[m]].cpu().numpy()
+                        mask = masks[m].cpu().numpy()
                         if mask.any():
                             found[m][0].extend(i for i, ok in zip(batch.ids, mask) if ok)
                             found[m][1].append(out[m].float().cpu().numpy()[mask])

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mlcm_core import modalities as _modalities
 from mlcm_core.evaluate.retrieval import retrieval_metrics
 
 if TYPE_CHECKING:
@@ -49,13 +50,12 @@ MULTIMAT_SOURCE = "multimat-mp"
 FULL_GALLERY_KS: tuple[int, ...] = (1, 10, 100)
 PAIR_KS: tuple[int, ...] = (1, 10)
 QUERY_MODALITIES: tuple[str, ...] = ("dos", "density")
-_FLAGS = {"crystal": "has_structure", "dos": "has_dos", "density": "has_charge_density"}
 
 Gallery = tuple[list[str], np.ndarray]  # (ids, (n, D) embeddings), one modality
 
 
 def _flag(table: pd.DataFrame, modality: str) -> pd.Series:
-    return table[_FLAGS[modality]].fillna(False).astype(bool)
+    return table[_modalities.get(modality).store_flag].fillna(False).astype(bool)
 
 
 def _groups(table: pd.DataFrame) -> dict[str, str]:
@@ -76,9 +76,10 @@ def embed_modality(model: MultimodalModel, store: DatasetStore, ids: Sequence[st
     if modality not in QUERY_MODALITIES:
         raise ValueError(f"queries are DOS or density, got {modality!r}")
     ids = [str(i) for i in ids]
-    read = store.dos if modality == "dos" else store.density
-    step = batch_size if modality == "dos" else min(batch_size, 64)  # densities: 128 KiB each
-    blocks = [model.embed(modality, read(ids[s:s + step])).float().cpu().numpy() for s in range(0, len(ids), step)]
+    spec = _modalities.get(modality)
+    step = batch_size if spec.chunk is None else min(batch_size, spec.chunk)  # densities: 128 KiB each
+    blocks = [model.embed(modality, spec.read(store, ids[s:s + step])).float().cpu().numpy()
+              for s in range(0, len(ids), step)]
     z = np.concatenate(blocks) if blocks else np.zeros((0, model.config.embed_dim), np.float32)
     return ids, z.astype(np.float32)
 
@@ -174,7 +175,7 @@ def pretraining_ids(store: DatasetStore, train_config: Mapping[str, Any]) -> set
     """
     from mlcm_core.train.pretrain import select_rows, select_unpaired_rows
 
-    mods = train_config.get("modalities") or ("crystal", "dos", "density")
+    mods = train_config.get("modalities") or _modalities.MODALITIES
     k = int(train_config.get("min_modalities", 2))
     rows = set(select_rows(store, "train", mods, k, train_config.get("max_rows"), int(train_config.get("seed", 0))))
     if int(train_config.get("unpaired_per_batch", 0) or 0) > 0:  # seen as negatives

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlcm_core.io import atomic_write_text
+from mlcm_core.modalities import modality_names
 
 __all__ = ["jsonable", "render_markdown", "write_report"]
 
@@ -201,7 +202,7 @@ def _ablation_embedding_section(ablation: Mapping[str, Any]) -> list[str]:
                                 if p in mine else "—" for p in pairs])
     lines += _table(header, rows)
     lines += ["### Effective rank per method (mean over seeds)", ""]
-    mods = [m for m in ("crystal", "dos", "density") if any(m in per["effective_rank"] for per in emb.values())]
+    mods = [m for m in modality_names() if any(m in per["effective_rank"] for per in emb.values())]
     rows = []
     for method, per in emb.items():
         er = per["effective_rank"]
@@ -278,7 +279,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += _shipped_section(results.get("shipped"))
     ck = results.get("checkpoint")
     if ck:
-        modalities = ck.get("modalities") or ["crystal", "dos", "density"]
+        modalities = ck.get("modalities") or list(modality_names())
         ev = ck["eval"]
         lines += [f"## Cross-modal retrieval ({ck['path']})", "",
                   ("A hit is any gallery item in the query's de-duplication group; ties count against the hit. "

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlcm_core import modalities as _modalities
 from mlcm_core.io import atomic_write, sha256_file, verify_file
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ __all__ = ["EMBEDDINGS_FILE", "EmbeddingTable", "embed_chunk_task", "embed_store
 
 EMBEDDINGS_FILE = "embeddings.npz"
 FORMAT_VERSION = 1
-_MODALITIES = ("crystal", "dos", "density")
 
 
 @dataclass
@@ -73,7 +73,8 @@ class EmbeddingTable:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in _MODALITIES if m in self.rows)
+        """The registered modalities it holds, in registry order."""
+        return tuple(m for m in _modalities.modality_names() if m in self.rows)
 
     @property
     def dim(self) -> int:
@@ -134,7 +135,7 @@ class EmbeddingTable:
         verify_file(path, expected_sha256)
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            rows = {m: z[f"{m}__rows"] for m in _MODALITIES if f"{m}__rows" in z.files}
+            rows = {m: z[f"{m}__rows"] for m in _modalities.modality_names() if f"{m}__rows" in z.files}
             vectors = {m: z[f"{m}__vectors"] for m in rows}
             ids = z["ids"]
         return cls(ids=ids, rows=rows, vectors=vectors, meta=meta)
@@ -178,13 +179,11 @@ def _plan(table: Any, all_ids: list[str], mods: Sequence[str], chunk: int) -> li
 
     Both paths embed exactly these chunks with the same batches, so their arrays are identical.
     """
-    from mlcm_core.featurize.dataset import modality_columns
-
-    flags = modality_columns()
     parts = []
-    for m in mods:
-        todo = [i for i, f in zip(all_ids, table[flags[m]].fillna(False).astype(bool)) if f]
-        parts.extend((m, list(part)) for part in _batched(todo, chunk if m != "density" else max(1, min(chunk, 64))))
+    for spec in map(_modalities.get, mods):
+        todo = [i for i, f in zip(all_ids, table[spec.store_flag].fillna(False).astype(bool)) if f]
+        size = chunk if spec.chunk is None else max(1, min(chunk, spec.chunk))
+        parts.extend((spec.name, list(part)) for part in _batched(todo, size))
     return parts
 
 
@@ -195,16 +194,17 @@ def _embed_part(model: MultimodalModel, store: DatasetStore, m: str, part: list[
 
     out_ids: list[str] = []
     blocks: list[np.ndarray] = []
-    if m == "crystal":
+    spec = _modalities.get(m)
+    if spec.kind == "graph":
         ds = MultimodalDataset(store, part, graph_config=model.config.graph, cache_dir=cache_dir,
-                               modalities=("crystal",), labels=[], workers=workers, progress=False)
-        keep = [k for k in range(len(part)) if ds.has["crystal"][k]]
+                               modalities=(m,), labels=[], workers=workers, progress=False)
+        keep = [k for k in range(len(part)) if ds.has[m][k]]
         graphs = [ds[k].graph for k in keep]
         for b in _batched(list(range(len(keep))), batch_size):
-            blocks.append(model.embed("crystal", [graphs[j] for j in b]).cpu().numpy())
+            blocks.append(model.embed(m, [graphs[j] for j in b]).cpu().numpy())
             out_ids.extend(part[keep[j]] for j in b)
     else:
-        arr = store.dos(part) if m == "dos" else store.density(part)
+        arr = spec.read(store, part)  # (n, *shape)
         for b in _batched(list(range(len(part))), batch_size):
             blocks.append(model.embed(m, arr[b]).cpu().numpy())
             out_ids.extend(part[j] for j in b)
@@ -354,9 +354,10 @@ def embed_store(
     from tqdm.auto import tqdm
 
     model, desc = load_model_verified(checkpoint)
-    mods = [m for m in _MODALITIES if m in model.encoders and (modalities is None or m in modalities)]
-    if modalities is not None and set(modalities) - set(_MODALITIES):
-        raise ValueError(f"unknown modalities {sorted(set(modalities) - set(_MODALITIES))}; choose from {_MODALITIES}")
+    names = _modalities.modality_names()
+    mods = [m for m in names if m in model.encoders and (modalities is None or m in modalities)]
+    if modalities is not None and set(modalities) - set(names):
+        raise ValueError(f"unknown modalities {sorted(set(modalities) - set(names))}; choose from {names}")
     table = store.table
     if ids is not None:
         ids = [str(i) for i in ids]

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mlcm_core import modalities as _modalities
 from mlcm_core.data.conventions import DENSITY_GRID, DOS_N_POINTS, LABELS
 from mlcm_core.explore.build import EXPLORE_DIR, MANIFEST_FORMAT
 from mlcm_core.explore.embed import EmbeddingTable, load_model_verified
@@ -63,9 +64,13 @@ if TYPE_CHECKING:
 
 __all__ = ["DensityHint", "Explorer", "ExplorerError"]
 
-TARGETS = ("dos", "density", "structure", "material_id")
-_GALLERIES = ("crystal", "dos", "density")
+TARGETS = ("dos", "density", "structure", "material_id")  # query arguments; "structure" is the crystal modality
 _SIM_COLUMN = {"dos": "sim_dos", "density": "sim_density", "structure": "sim_structure", "material_id": "sim_material"}
+
+
+def _targets() -> tuple[str, ...]:
+    """Every target name: TARGETS, then the ``target`` of each registered modality beyond the built-in three."""
+    return tuple(dict.fromkeys([*TARGETS, *(s.target for s in _modalities.specs())]))
 _MAX_K = 10_000
 _HINT_BINS = 64
 
@@ -306,8 +311,9 @@ class Explorer:
     def index(self, gallery: str) -> TopKIndex:
         """The top-k index over one modality's embeddings (built on first use): exact up to ``index.ANN_MIN_ROWS``
         (1M) rows, approximate with exact re-ranking above (``index.TopKIndex``)."""
-        if gallery not in _GALLERIES:
-            raise ValueError(f"unknown gallery {gallery!r}; choose from {_GALLERIES}")
+        galleries = _modalities.modality_names()
+        if gallery not in galleries:
+            raise ValueError(f"unknown gallery {gallery!r}; choose from {galleries}")
         if gallery not in self.embeddings.rows or len(self.embeddings.rows[gallery]) == 0:
             raise ValueError(f"no material has a {gallery} embedding")
         if gallery not in self._indexes:
@@ -417,7 +423,8 @@ class Explorer:
     # ---- search ------------------------------------------------------------------------------
     def query(self, dos: Any = None, density: Any = None, structure: Any = None, material_id: str | None = None,
               weights: Mapping[str, float] | None = None, filters: Filters | Mapping[str, Any] | None = None,
-              k: int = 50, gallery: str = "crystal", exclude: Sequence[str] = ()) -> pd.DataFrame:
+              k: int = 50, gallery: str = "crystal", exclude: Sequence[str] = (),
+              inputs: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Rank materials by weighted similarity to one or more targets.
 
         Args:
@@ -429,11 +436,15 @@ class Explorer:
             structure: a pymatgen Structure, a CIF/POSCAR path, or CIF text/bytes.
             material_id: a material of the store (its own embedding in the gallery modality is used when it
                 has one, else its crystal, DOS or density embedding).
-            weights: per target name ("dos", "density", "structure", "material_id"), >= 0; default equal.
+            weights: per target name ("dos", "density", "structure", "material_id", or a registered
+                modality's target), >= 0; default equal.
             filters: a Filters (or its ``to_dict`` form) restricting the candidates.
             k: number of candidates (1..10000).
-            gallery: which embedding represents a candidate: "crystal" (default), "dos" or "density".
+            gallery: which embedding represents a candidate: "crystal" (default), "dos", "density" or another
+                registered modality.
             exclude: ids never returned (``neighbours`` excludes the material itself).
+            inputs: array modality name -> one array of its spec's shape, for modalities registered beyond
+                the built-in three (their own arguments above parse DOS and density inputs).
 
         Returns:
             one row per candidate, best first: rank, id, formula, source, score (weighted mean cosine),
@@ -443,8 +454,9 @@ class Explorer:
             label with its unit, level of theory and source. ``attrs["query"]`` records the query (for
             export), ``attrs["labels"]`` the label metadata.
         """
-        if gallery not in _GALLERIES:
-            raise ValueError(f"unknown gallery {gallery!r}; choose from {_GALLERIES}")
+        galleries = _modalities.modality_names()
+        if gallery not in galleries:
+            raise ValueError(f"unknown gallery {gallery!r}; choose from {galleries}")
         if not 1 <= int(k) <= _MAX_K:
             raise ValueError(f"k must be in 1..{_MAX_K}, got {k}")
         targets: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
@@ -463,6 +475,14 @@ class Explorer:
             s = self._as_structure(structure)
             targets["structure"] = (self._embed("crystal", s), {"kind": "structure", "formula": s.composition.reduced_formula,
                                                                 "cif": _cif_text(s)})
+        for name, value in (inputs or {}).items():
+            spec = _modalities.get(name)
+            if spec.name in _modalities.MODALITIES or spec.kind != "array":
+                raise ValueError(f"give {spec.target!r} as its own argument, not in inputs")
+            arr = np.asarray(value, dtype=np.float32)
+            if arr.shape != spec.shape or not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} must be a finite array of shape {spec.shape}, got {arr.shape}")
+            targets[spec.target] = (self._embed(name, arr), {"kind": name, "values": arr.tolist()})
         if material_id is not None:
             vec, used = self._material_vector(str(material_id), gallery)
             targets["material_id"] = (vec, {"kind": "material_id", "id": str(material_id), "embedding": used})
@@ -489,7 +509,7 @@ class Explorer:
         out.insert(0, "rank", np.arange(1, len(positions) + 1))
         out.insert(4, "score", scores.astype(np.float64))
         for j, t in enumerate(targets):
-            out.insert(5 + j, _SIM_COLUMN[t], (cand @ targets[t][0]).astype(np.float64))
+            out.insert(5 + j, _SIM_COLUMN.get(t, f"sim_{t}"), (cand @ targets[t][0]).astype(np.float64))
         if "dos" in targets:
             out.insert(5 + len(targets), "dos_mae_to_target", self._dos_mae_to_target(targets["dos"][1]["curve"], out))
         out.attrs["query"] = {
@@ -545,7 +565,7 @@ class Explorer:
         out["region_count"] = hint.region_count.to_numpy()[positions]
         out["modality_disagreement"] = hint.disagreement.to_numpy()[positions]
         out["prediction_spread"] = hint.prediction_spread.to_numpy()[positions]
-        for c in ("has_structure", "has_dos", "has_charge_density"):
+        for c in dict.fromkeys(s.store_flag for s in _modalities.specs()):
             out[c] = t[c].fillna(False).astype(bool).to_numpy()
         out["elements"] = ["-".join(e) if e is not None and not isinstance(e, float) else None for e in t["elements"]]
         for c in ("spacegroup_symbol", "nsites"):
@@ -567,9 +587,9 @@ class Explorer:
     def _weights(self, weights: Mapping[str, float] | None, names: list[str]) -> dict[str, float]:
         if weights is None:
             return {t: 1.0 for t in names}
-        unknown = set(weights) - set(TARGETS)
+        unknown = set(weights) - set(_targets())
         if unknown:
-            raise ValueError(f"unknown weight keys {sorted(unknown)}; choose from {TARGETS}")
+            raise ValueError(f"unknown weight keys {sorted(unknown)}; choose from {_targets()}")
         absent = set(weights) - set(names)
         if absent:
             raise ValueError(f"weights given for targets not in the query: {sorted(absent)}")
@@ -586,7 +606,7 @@ class Explorer:
 
     def _material_vector(self, material_id: str, gallery: str) -> tuple[np.ndarray, str]:
         self.embeddings.position(material_id)  # KeyError with a clear message if unknown
-        for m in (gallery, "crystal", "dos", "density"):
+        for m in (gallery, *_modalities.modality_names()):
             v = self.embeddings.get(material_id, m)
             if v is not None:
                 return v / max(float(np.linalg.norm(v)), 1e-12), m

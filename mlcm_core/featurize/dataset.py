@@ -1,7 +1,8 @@
 """Multimodal training data: a torch Dataset over store rows and the collate function that batches them.
 
-Why this module exists: the three encoders want three different inputs (a batched crystal graph, a
-(B, 601) DOS, a (B, 32, 32, 32) density) and most materials do not have all three. A batch therefore keeps
+Why this module exists: the encoders want different inputs (a batched crystal graph, a (B, 601) DOS, a
+(B, 32, 32, 32) density: one per modality of the registry, ``mlcm_core.modalities``) and most materials do not
+have all of them. A batch therefore keeps
 every row aligned by material and carries one boolean mask per modality; missing inputs are zeros that the
 model never encodes (it only runs an encoder on the rows that have the modality) and the losses never see
 (they select rows by mask). Labels ride along as NaN-for-missing floats so the same batches serve
@@ -40,7 +41,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
-from mlcm_core.data.conventions import DENSITY_GRID, DOS_N_POINTS, LABELS
+from mlcm_core import modalities as _modalities
+from mlcm_core.data.conventions import LABELS
 from mlcm_core.featurize.crystal_graph import CrystalGraphConfig, collate_graphs, structure_to_graph
 from mlcm_core.io import atomic_write
 from mlcm_core.io import atomic_write_bytes as _atomic_write_bytes
@@ -50,28 +52,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
-    "MASK_KEYS",
     "GraphCache",
     "MaterialItem",
     "MultimodalBatch",
     "MultimodalDataset",
     "collate_multimodal",
-    "modality_columns",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path("var") / "cache" / "graphs"
-MODALITIES = ("crystal", "dos", "density")
-MASK_KEYS = {"crystal": "has_crystal", "dos": "has_dos", "density": "has_density"}  # modality -> batch mask key
-_STORE_FLAGS = {"crystal": "has_structure", "dos": "has_dos", "density": "has_charge_density"}
 _GRAPH_FIELDS = ("x", "edge_index", "edge_attr", "edge_dist", "edge_potentials", "x_props", "node_potentials")
-_DENSITY_BYTES = 4 * DENSITY_GRID**3
-
-
-def modality_columns() -> dict[str, str]:
-    """Modality name -> the store table's boolean column saying a material has it."""
-    return dict(_STORE_FLAGS)
+_PRELOAD_CHUNK = 256  # rows read from the store at a time while preloading (bounded temporary memory)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -156,27 +148,41 @@ def _featurize_json(args: tuple[str, CrystalGraphConfig]) -> dict[str, Tensor] |
 
 @dataclass
 class MaterialItem:
-    """One material as the dataset yields it; a missing modality is None."""
+    """One material as the dataset yields it; a missing modality is None / absent from ``inputs``.
+
+    Attributes:
+        graph: its crystal graph (the graph modality), or None.
+        inputs: array modality name -> its array, e.g. "dos" (601,) float32 states/eV per cell,
+            "density" (32, 32, 32) float32.
+    """
 
     id: str
     graph: Data | None
-    dos: Tensor | None  # (601,) float32, states/eV per cell
-    density: Tensor | None  # (32, 32, 32) float32
+    inputs: dict[str, Tensor] = field(default_factory=dict)
     labels: dict[str, float] = field(default_factory=dict)  # NaN = missing
+
+    @property
+    def dos(self) -> Tensor | None:
+        return self.inputs.get("dos")
+
+    @property
+    def density(self) -> Tensor | None:
+        return self.inputs.get("density")
 
 
 class MultimodalDataset(Dataset):
-    """Store rows `ids` as MaterialItems: featurized graphs (cached), DOS, density and labels.
+    """Store rows `ids` as MaterialItems: featurized graphs (cached), each array modality, and labels.
 
     Args:
         store: an open DatasetStore.
         ids: material ids (any order; duplicates are an error).
         graph_config: featurization of structures (default CrystalGraphConfig()).
         cache_dir: graph cache folder (default var/cache/graphs); ``use_cache=False`` disables it.
-        modalities: which inputs to load ("crystal", "dos", "density"); others are always None.
+        modalities: which registered modalities to load (default the built-in three); others are always None.
         labels: label columns to carry (default: every registered label column present in the table).
-        preload_density_bytes: densities are read into memory up front when they take at most this many
-            bytes as float32 (fast epochs, no per-item store reads); otherwise each item reads its own.
+        preload_density_bytes: an array modality (DOS, density, ...) is read into memory up front when its
+            rows take at most this many bytes as float32 (fast epochs, no per-item store reads); otherwise
+            each item reads its own.
         workers: processes for featurizing uncached structures (0 = in this process).
         progress: show a tqdm bar while featurizing.
     """
@@ -188,16 +194,17 @@ class MultimodalDataset(Dataset):
         graph_config: CrystalGraphConfig | None = None,
         cache_dir: str | Path | None = None,
         *,
-        modalities: Sequence[str] = MODALITIES,
+        modalities: Sequence[str] = _modalities.MODALITIES,
         labels: Sequence[str] | None = None,
         use_cache: bool = True,
         preload_density_bytes: int = 2 << 30,
         workers: int = 0,
         progress: bool = True,
     ) -> None:
-        unknown = set(modalities) - set(MODALITIES)
+        names = _modalities.modality_names()
+        unknown = set(modalities) - set(names)
         if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {MODALITIES}")
+            raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {names}")
         self.store = store
         self.ids = [str(i) for i in ids]
         if len(set(self.ids)) != len(self.ids):
@@ -212,31 +219,30 @@ class MultimodalDataset(Dataset):
         self.label_names = [c for c in (LABELS if labels is None else labels) if c in rows.columns]
         self._labels = rows[self.label_names].to_numpy(dtype=np.float64, na_value=np.nan).astype(np.float32) \
             if self.label_names else np.zeros((len(self.ids), 0), np.float32)
-        flags = {m: rows[_STORE_FLAGS[m]].fillna(False).astype(bool).to_numpy() if m in self.modalities
-                 else np.zeros(len(self.ids), bool) for m in MODALITIES}
+        self.has = {spec.name: rows[spec.store_flag].fillna(False).astype(bool).to_numpy().copy()
+                    if spec.name in self.modalities else np.zeros(len(self.ids), bool) for spec in _modalities.specs()}
 
         self.cache = GraphCache(cache_dir, self.graph_config) if use_cache else None
         self._graphs: list[Data | None] = [None] * len(self.ids)
-        if "crystal" in self.modalities:
-            self._featurize(rows["structure_json"].tolist(), flags["crystal"], workers, progress)
-        self.has = {m: flags[m].copy() for m in MODALITIES}
-        self.has["crystal"] = np.array([g is not None for g in self._graphs])
+        for spec in _modalities.specs(self.modalities):
+            if spec.kind == "graph":  # a structure that cannot be featurized counts as missing
+                self._featurize(rows[spec.store_column].tolist(), self.has[spec.name], workers, progress)
+                self.has[spec.name] = np.array([g is not None for g in self._graphs])
 
-        # DOS is small (2.4 kB per material): always in memory. Density: in memory when it fits the budget.
-        self._dos: dict[int, np.ndarray] = {}
-        if self.has["dos"].any():
-            where = np.flatnonzero(self.has["dos"])
-            block = store.dos([self.ids[k] for k in where])  # (n, 601)
-            self._dos = {int(k): block[j] for j, k in enumerate(where)}
-        self._density: dict[int, np.ndarray] | None = None
-        n_density = int(self.has["density"].sum())
-        if n_density and n_density * _DENSITY_BYTES <= preload_density_bytes:
-            where = np.flatnonzero(self.has["density"])
-            self._density = {}
-            for start in range(0, len(where), 256):  # bounded temporary memory
-                chunk = where[start : start + 256]
-                block = store.density([self.ids[k] for k in chunk])  # (n, 32, 32, 32)
-                self._density.update({int(k): block[j] for j, k in enumerate(chunk)})
+        # array modalities: in memory when they fit the budget (a DOS is 2.4 kB), else read per item
+        self._arrays: dict[str, dict[int, np.ndarray] | None] = {}
+        for spec in _modalities.specs(self.modalities):
+            if spec.kind != "array":
+                continue
+            where = np.flatnonzero(self.has[spec.name])
+            if len(where) * 4 * int(np.prod(spec.shape)) > preload_density_bytes:
+                self._arrays[spec.name] = None
+                continue
+            self._arrays[spec.name] = loaded = {}
+            for start in range(0, len(where), _PRELOAD_CHUNK):
+                chunk = where[start : start + _PRELOAD_CHUNK]
+                block = spec.read(store, [self.ids[k] for k in chunk])  # (n, *shape)
+                loaded.update({int(k): block[j] for j, k in enumerate(chunk)})
 
     # -- featurization --------------------------------------------------------------------------------
     def _featurize(self, texts: list[Any], has: np.ndarray, workers: int, progress: bool) -> None:
@@ -286,13 +292,13 @@ class MultimodalDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, k: int) -> MaterialItem:
-        dos = torch.from_numpy(self._dos[k]) if k in self._dos else None
-        density = None
-        if self.has["density"][k]:
-            arr = self._density[k] if self._density is not None else self.store.density(self.ids[k])[0]
-            density = torch.from_numpy(arr)
+        inputs = {}
+        for name, loaded in self._arrays.items():
+            if self.has[name][k]:
+                arr = loaded[k] if loaded is not None else _modalities.get(name).read(self.store, [self.ids[k]])[0]
+                inputs[name] = torch.from_numpy(arr)
         labels = {name: float(v) for name, v in zip(self.label_names, self._labels[k])}
-        return MaterialItem(id=self.ids[k], graph=self._graphs[k], dos=dos, density=density, labels=labels)
+        return MaterialItem(id=self.ids[k], graph=self._graphs[k], inputs=inputs, labels=labels)
 
     def set_label(self, name: str, values: Sequence[float] | np.ndarray) -> None:
         """Replace (or add) label column ``name`` with one value per row, e.g. a transformed target."""
@@ -310,7 +316,7 @@ class MultimodalDataset(Dataset):
         return self._labels[:, self.label_names.index(name)].copy()
 
     def modality_counts(self) -> dict[str, int]:
-        return {m: int(self.has[m].sum()) for m in MODALITIES}
+        return {m: int(v.sum()) for m, v in self.has.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -325,30 +331,46 @@ class MultimodalBatch:
         ids: the B material ids, in row order.
         graphs: PyG Batch over ONLY the G rows that have a structure (None when G = 0).
         graph_index: (G,) long, the batch row of each graph in ``graphs``.
-        dos: (B, 601) float32, zeros where missing.
-        density: (B, 32, 32, 32) float32, zeros where missing.
-        masks: "has_crystal", "has_dos", "has_density" -> (B,) bool.
+        inputs: every registered array modality -> (B, *shape) float32, zeros where missing, e.g.
+            "dos" (B, 601), "density" (B, 32, 32, 32).
+        masks: each modality's ``mask_key`` ("has_crystal", "has_dos", "has_density", ...) -> (B,) bool.
         labels: label column -> (B,) float32, NaN where missing.
     """
 
     ids: list[str]
     graphs: Batch | None
     graph_index: Tensor
-    dos: Tensor
-    density: Tensor
+    inputs: dict[str, Tensor]
     masks: dict[str, Tensor]
     labels: dict[str, Tensor]
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def dos(self) -> Tensor:
+        """``inputs["dos"]``, (B, 601)."""
+        return self.inputs["dos"]
+
+    @dos.setter
+    def dos(self, value: Tensor) -> None:
+        self.inputs["dos"] = value
+
+    @property
+    def density(self) -> Tensor:
+        """``inputs["density"]``, (B, 32, 32, 32)."""
+        return self.inputs["density"]
+
+    @density.setter
+    def density(self, value: Tensor) -> None:
+        self.inputs["density"] = value
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MultimodalBatch:
         return MultimodalBatch(
             ids=self.ids,
             graphs=self.graphs.to(device, non_blocking=non_blocking) if self.graphs is not None else None,
             graph_index=self.graph_index.to(device, non_blocking=non_blocking),
-            dos=self.dos.to(device, non_blocking=non_blocking),
-            density=self.density.to(device, non_blocking=non_blocking),
+            inputs={k: v.to(device, non_blocking=non_blocking) for k, v in self.inputs.items()},
             masks={k: v.to(device, non_blocking=non_blocking) for k, v in self.masks.items()},
             labels={k: v.to(device, non_blocking=non_blocking) for k, v in self.labels.items()},
         )
@@ -357,13 +379,13 @@ class MultimodalBatch:
         """Page-locked copy (DataLoader(pin_memory=True) calls this) for faster host-to-GPU transfer."""
         return MultimodalBatch(
             ids=self.ids, graphs=self.graphs.pin_memory() if self.graphs is not None else None,
-            graph_index=self.graph_index.pin_memory(), dos=self.dos.pin_memory(), density=self.density.pin_memory(),
+            graph_index=self.graph_index.pin_memory(), inputs={k: v.pin_memory() for k, v in self.inputs.items()},
             masks={k: v.pin_memory() for k, v in self.masks.items()},
             labels={k: v.pin_memory() for k, v in self.labels.items()})
 
     def modality_masks(self) -> dict[str, Tensor]:
-        """Masks keyed by modality name ("crystal", "dos", "density"), as the losses expect them."""
-        return {m: self.masks[key] for m, key in MASK_KEYS.items()}
+        """Masks keyed by modality name ("crystal", "dos", "density", ...), as the losses expect them."""
+        return {s.name: self.masks[s.mask_key] for s in _modalities.specs() if s.mask_key in self.masks}
 
 
 def collate_multimodal(items: Sequence[MaterialItem]) -> MultimodalBatch:
@@ -371,20 +393,19 @@ def collate_multimodal(items: Sequence[MaterialItem]) -> MultimodalBatch:
     b = len(items)
     graph_rows = [k for k, it in enumerate(items) if it.graph is not None]
     graphs = collate_graphs([items[k].graph for k in graph_rows]) if graph_rows else None
-    dos = torch.zeros(b, DOS_N_POINTS)  # (B, 601)
-    density = torch.zeros(b, DENSITY_GRID, DENSITY_GRID, DENSITY_GRID)  # (B, 32, 32, 32)
-    for k, it in enumerate(items):
-        if it.dos is not None:
-            dos[k] = it.dos
-        if it.density is not None:
-            density[k] = it.density
-    masks = {
-        "has_crystal": torch.tensor([it.graph is not None for it in items], dtype=torch.bool),
-        "has_dos": torch.tensor([it.dos is not None for it in items], dtype=torch.bool),
-        "has_density": torch.tensor([it.density is not None for it in items], dtype=torch.bool),
-    }
+    inputs: dict[str, Tensor] = {}
+    masks: dict[str, Tensor] = {}
+    for spec in _modalities.specs():
+        if spec.kind == "graph":
+            masks[spec.mask_key] = torch.tensor([it.graph is not None for it in items], dtype=torch.bool)
+            continue
+        x = inputs[spec.name] = torch.zeros(b, *spec.shape)  # (B, *shape)
+        for k, it in enumerate(items):
+            if spec.name in it.inputs:
+                x[k] = it.inputs[spec.name]
+        masks[spec.mask_key] = torch.tensor([spec.name in it.inputs for it in items], dtype=torch.bool)
     names = list(dict.fromkeys(n for it in items for n in it.labels))
     labels = {n: torch.tensor([it.labels.get(n, float("nan")) for it in items], dtype=torch.float32) for n in names}
     return MultimodalBatch(ids=[it.id for it in items], graphs=graphs,
-                           graph_index=torch.tensor(graph_rows, dtype=torch.long), dos=dos, density=density,
+                           graph_index=torch.tensor(graph_rows, dtype=torch.long), inputs=inputs,
                            masks=masks, labels=labels)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mlcm_core.modalities import MODALITIES  # the default (crystal, dos, density) of the three-way losses
+
 __all__ = [
     "DEFAULT_LOGIT_SCALE",
     "MODALITIES",
@@ -40,7 +42,6 @@ __all__ = [
     "resolve_scale",
 ]
 
-MODALITIES: tuple[str, ...] = ("crystal", "dos", "density")
 DEFAULT_LOGIT_SCALE: float = math.log(1 / 0.07)  # CLIP's initial log scale (temperature 0.07)
 _NORM_EPS = 1e-12
 

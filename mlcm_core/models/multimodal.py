@@ -10,9 +10,11 @@ The temperature is CLIP's: a learnable log scale initialised at log(1/init_tempe
 it clamped to <= log(max_logit_scale) (= log 100 by default) and ``clamp_logit_scale_`` clamps the parameter
 itself after each optimizer step, as CLIP does.
 
-``MultimodalConfig`` nests the three encoder configs and the graph featurization (the crystal encoder only
+``MultimodalConfig`` nests the encoder configs and the graph featurization (the crystal encoder only
 makes sense with the featurization it was trained on), so a checkpoint's JSON rebuilds the whole model and
-its input pipeline.
+its input pipeline. Every modality comes from the registry (``mlcm_core.modalities``): the built-in three
+keep their config fields (``crystal``, ``dos``, ``density``: the checkpoint format), a registered extra one
+keeps its config in ``encoders`` and, in ``to_dict``, under its own name beside them.
 """
 
 from __future__ import annotations
@@ -28,26 +30,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlcm_core import modalities as _modalities
 from mlcm_core.featurize.crystal_graph import CrystalGraphConfig, collate_graphs, structure_to_graph
-from mlcm_core.models.crystal import CrystalEncoder, CrystalEncoderConfig
-from mlcm_core.models.density import DensityEncoder, DensityEncoderConfig
-from mlcm_core.models.dos import DOSEncoder, DOSEncoderConfig
+from mlcm_core.modalities import MODALITIES
+from mlcm_core.models.crystal import CrystalEncoderConfig
+from mlcm_core.models.density import DensityEncoderConfig
+from mlcm_core.models.dos import DOSEncoderConfig
 
 if TYPE_CHECKING:
     from mlcm_core.featurize.dataset import MultimodalBatch
 
 __all__ = ["MODALITIES", "MultimodalConfig", "MultimodalModel", "config_from_dict"]
 
-MODALITIES: tuple[str, ...] = ("crystal", "dos", "density")
-_MASK_KEYS = {"crystal": "has_crystal", "dos": "has_dos", "density": "has_density"}
 
 
 def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     """Rebuild a (nested) config dataclass from ``asdict`` output: JSON/YAML lists become tuples again.
 
-    Unknown keys are an error (a typo in a config file must not be silently ignored).
+    Unknown keys are an error (a typo in a config file must not be silently ignored). For a
+    MultimodalConfig, a key naming a registered modality without a config field of its own is that
+    modality's encoder config (see ``MultimodalConfig.to_dict``).
     """
     known = {f.name: f for f in fields(cls)}
+    if cls is MultimodalConfig:
+        extra = {k: v for k, v in data.items() if k not in known and _modalities.registered(k)}
+        if extra:
+            encoders = {**dict(data.get("encoders") or {}),
+                        **{k: _modalities.get(k).config_from_dict(v) if isinstance(v, Mapping) else v
+                           for k, v in extra.items()}}
+            data = {**{k: v for k, v in data.items() if k not in extra}, "encoders": encoders}
     unknown = set(data) - set(known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
@@ -57,6 +68,8 @@ def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
         default = getattr(defaults, name, None)
         if is_dataclass(default) and isinstance(value, Mapping):
             value = config_from_dict(type(default), value)
+        elif name == "encoders" and isinstance(value, Mapping):
+            value = {k: _modalities.get(k).config_from_dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value
@@ -79,10 +92,12 @@ class MultimodalConfig:
         crystal, dos, density: the encoder configs; each ``out_dim`` must equal ``embed_dim``.
         graph: how structures are featurized for the crystal encoder (``num_rbf`` must match).
         embed_dim: size of the shared embedding space (128 in the paper).
-        modalities: which encoders exist (any non-empty subset of MODALITIES, in this order).
+        modalities: which encoders exist (any non-empty subset of the registered modalities).
         init_temperature: CLIP temperature at initialisation (logit scale = 1 / temperature).
         max_logit_scale: the scale is clamped to at most this (CLIP: 100).
         learn_temperature: if False the logit scale is a fixed buffer.
+        encoders: encoder configs of registered modalities other than the built-in three (a missing one
+            takes its spec's paper preset); empty for the built-in three.
     """
 
     crystal: CrystalEncoderConfig = field(default_factory=CrystalEncoderConfig.paper)
@@ -94,13 +109,23 @@ class MultimodalConfig:
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
     learn_temperature: bool = True
+    encoders: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
-        if not self.modalities or set(self.modalities) - set(MODALITIES) or len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {self.modalities}")
+        names = _modalities.modality_names()
+        if not self.modalities or set(self.modalities) - set(names) or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities must be a non-empty subset of {names}, got {self.modalities}")
+        encoders = dict(self.encoders)
+        for name in encoders:
+            if name in MODALITIES or not _modalities.registered(name):
+                raise ValueError(f"encoders holds configs of registered extra modalities only, got {name!r}")
         for name in self.modalities:
-            out_dim = getattr(self, name).out_dim
+            if name not in MODALITIES and name not in encoders:
+                encoders[name] = _modalities.get(name).preset_config("paper", self.embed_dim)
+        object.__setattr__(self, "encoders", encoders)
+        for name in self.modalities:
+            out_dim = self.encoder_config(name).out_dim
             if out_dim != self.embed_dim:
                 raise ValueError(f"{name} encoder out_dim {out_dim} != embed_dim {self.embed_dim}")
         if "crystal" in self.modalities and self.crystal.num_rbf != self.graph.num_rbf:
@@ -108,19 +133,24 @@ class MultimodalConfig:
         if self.init_temperature <= 0 or self.max_logit_scale <= 0:
             raise ValueError("init_temperature and max_logit_scale must be positive")
 
+    def encoder_config(self, name: str) -> Any:
+        """The encoder config of modality ``name`` (its own field for the built-in three, else ``encoders``)."""
+        return getattr(self, name) if name in MODALITIES else self.encoders[name]
+
+    @classmethod
+    def _from_preset(cls, preset: str, embed_dim: int) -> MultimodalConfig:
+        configs = {s.name: s.preset_config(preset, embed_dim) for s in _modalities.specs()}
+        return cls(**{m: configs.pop(m) for m in MODALITIES}, encoders=configs, embed_dim=embed_dim)
+
     @classmethod
     def paper(cls, embed_dim: int = 128, **overrides: Any) -> MultimodalConfig:
         """Paper sizes: PotNet (256 hidden), DOS transformer (d 128, 4 layers), 3D ResNeXt-50 (32x4d)."""
-        base = cls(crystal=CrystalEncoderConfig.paper(out_dim=embed_dim), dos=replace(DOSEncoderConfig.paper(), out_dim=embed_dim),
-                   density=replace(DensityEncoderConfig.paper(), out_dim=embed_dim), embed_dim=embed_dim)
-        return replace(base, **overrides)
+        return replace(cls._from_preset("paper", embed_dim), **overrides)
 
     @classmethod
     def cpu(cls, embed_dim: int = 128, **overrides: Any) -> MultimodalConfig:
         """Small encoders that train on 2 CPU cores (each encoder's own ``cpu()`` preset)."""
-        base = cls(crystal=CrystalEncoderConfig.cpu(out_dim=embed_dim), dos=replace(DOSEncoderConfig.cpu(), out_dim=embed_dim),
-                   density=replace(DensityEncoderConfig.cpu(), out_dim=embed_dim), embed_dim=embed_dim)
-        return replace(base, **overrides)
+        return replace(cls._from_preset("cpu", embed_dim), **overrides)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> MultimodalConfig:
@@ -129,7 +159,11 @@ class MultimodalConfig:
         return getattr(cls, name)(**overrides)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """``asdict`` with each extra modality's encoder config under its own name (the checkpoint's
+        ``model_config``; identical to plain ``asdict`` of the fields without extra modalities)."""
+        data = asdict(self)
+        data.update({k: v for k, v in data.pop("encoders").items() if k in self.modalities})
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MultimodalConfig:
@@ -142,6 +176,7 @@ class MultimodalConfig:
         Changing ``embed_dim`` also sets every encoder's ``out_dim`` unless the override names it.
         """
         data = asdict(self)
+        data.update(data.pop("encoders"))  # every extra modality's config, also those not (yet) in modalities
         for key, value in overrides.items():
             if isinstance(value, Mapping) and isinstance(data.get(key), dict):
                 unknown = set(value) - set(data[key])
@@ -151,7 +186,7 @@ class MultimodalConfig:
             else:
                 data[key] = value
         if "embed_dim" in overrides:
-            for name in MODALITIES:
+            for name in (m for m in _modalities.modality_names() if m in data):
                 if "out_dim" not in (overrides.get(name) or {}):
                     data[name]["out_dim"] = overrides["embed_dim"]
         return config_from_dict(type(self), data)
@@ -163,9 +198,7 @@ class MultimodalModel(nn.Module):
     def __init__(self, config: MultimodalConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or MultimodalConfig.paper()
-        builders = {"crystal": lambda: CrystalEncoder(cfg.crystal), "dos": lambda: DOSEncoder(cfg.dos),
-                    "density": lambda: DensityEncoder(cfg.density)}
-        self.encoders = nn.ModuleDict({m: builders[m]() for m in cfg.modalities})
+        self.encoders = nn.ModuleDict({m: _modalities.get(m).build(cfg.encoder_config(m)) for m in cfg.modalities})
         init = torch.tensor(math.log(1.0 / cfg.init_temperature))
         if cfg.learn_temperature:
             self.logit_scale = nn.Parameter(init)
@@ -185,14 +218,14 @@ class MultimodalModel(nn.Module):
         """
         b = len(batch)
         out: dict[str, Tensor] = {}
-        for name in self.config.modalities:
-            if name == "crystal":
+        for spec in map(_modalities.get, self.config.modalities):
+            if spec.kind == "graph":
                 rows = batch.graph_index  # (G,) batch rows of the graphs
                 inputs = batch.graphs
             else:
-                rows = batch.masks[_MASK_KEYS[name]].nonzero().squeeze(1)  # (n,)
-                inputs = (batch.dos if name == "dos" else batch.density)[rows]  # (n, 601) / (n, 32, 32, 32)
-            out[name] = self._scatter(name, inputs, rows, b)  # (B, D)
+                rows = batch.masks[spec.mask_key].nonzero().squeeze(1)  # (n,)
+                inputs = batch.inputs[spec.name][rows]  # (n, *spec.shape)
+            out[spec.name] = self._scatter(spec.name, inputs, rows, b)  # (B, D)
         out["logit_scale"] = self.logit_scale.clamp(max=self.max_log_scale)  # ()
         return out
 
@@ -214,27 +247,29 @@ class MultimodalModel(nn.Module):
         """L2-normalised embeddings of one modality, in eval mode and without gradients.
 
         Args:
-            modality: "crystal", "dos" or "density".
+            modality: a modality of this model ("crystal", "dos", "density", or a registered one).
             inputs: crystal: a pymatgen Structure, a list of them, a Data graph, a list of graphs or a PyG
-                Batch (structures are featurized with ``config.graph``); dos: (601,) or (B, 601) array or
-                tensor; density: (32, 32, 32) or (B, 32, 32, 32).
+                Batch (structures are featurized with ``config.graph``); an array modality: one array of
+                its spec's shape or a batch of them, e.g. dos (601,) or (B, 601), density (32, 32, 32) or
+                (B, 32, 32, 32).
 
         Returns:
             (B, embed_dim) float tensor on the model's device.
         """
         if modality not in self.encoders:
             raise KeyError(f"this model has no {modality!r} encoder (has {list(self.encoders)})")
+        spec = _modalities.get(modality)
         device = self.logit_scale.device
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                if modality == "crystal":
+                if spec.kind == "graph":
                     x = self._as_graph_batch(inputs).to(device)
                 else:
                     x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, Tensor) else inputs,
                                         dtype=torch.float32, device=device)
-                    single = x.dim() == (1 if modality == "dos" else 3)
+                    single = x.dim() == len(spec.shape)
                     x = x.unsqueeze(0) if single else x
                 return F.normalize(self.encoders[modality](x), dim=-1)
         finally:

@@ -4,7 +4,7 @@ Why this format: ``torch.save`` of a model pickles Python objects, and unpicklin
 can run arbitrary code. A checkpoint here is a directory of three files:
 
     model.safetensors    the weights (safetensors: a JSON header + raw tensor bytes, nothing executable)
-    checkpoint.json      format_version, model class and ``asdict(config)``, step, epoch, training config,
+    checkpoint.json      format_version, model class and ``config.to_dict()`` (``asdict``), step, epoch, training config,
                          SHA-256 of the two binary files, free-form ``extra``
     training_state.pt    optional: optimizer, LR scheduler and RNG states, written with ``torch.save`` of
                          tensors/numbers/strings only and read back with ``torch.load(weights_only=True)``,
@@ -88,7 +88,7 @@ class CheckpointInfo:
 
 def _jsonable(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
+        return value.to_dict() if hasattr(value, "to_dict") else asdict(value)
     return value
 
 

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mlcm_core.models.multimodal import MODALITIES, MultimodalConfig
+from mlcm_core.modalities import MODALITIES, modality_names
+from mlcm_core.models.multimodal import MultimodalConfig
 
 __all__ = ["FinetuneConfig", "TrainConfig", "dump_config", "load_config"]
 
@@ -95,7 +96,7 @@ class TrainConfig(_ConfigIO):
             (weight decay only on weight matrices/kernels, not on biases, norms or the temperature).
         grad_clip: max global gradient norm (None = off).
         seed: model init, data order, augmentation.
-        modalities: encoders to train (a subset of crystal, dos, density).
+        modalities: encoders to train (a subset of the registered modalities: crystal, dos, density, ...).
         min_modalities: rows used = train-split materials with at least this many of ``modalities``.
         max_rows: cap on the rows used per split (quick runs); None = all.
         unpaired_per_batch: train-split rows having fewer than ``min_modalities`` of ``modalities`` (e.g.
@@ -143,8 +144,9 @@ class TrainConfig(_ConfigIO):
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
-        if set(self.modalities) - set(MODALITIES) or not self.modalities:
-            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {self.modalities}")
+        names = modality_names()
+        if set(self.modalities) - set(names) or not self.modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {names}, got {self.modalities}")
         if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError("epochs, batch_size, log_every and checkpoint_every must be >= 1")
         if not 1 <= self.min_modalities <= len(self.modalities):
@@ -154,7 +156,7 @@ class TrainConfig(_ConfigIO):
         """The MultimodalConfig this run trains (preset + overrides, restricted to ``modalities``)."""
         cfg = MultimodalConfig.preset(self.model)
         overrides = {**self.model_overrides}
-        overrides.setdefault("modalities", tuple(m for m in MODALITIES if m in self.modalities))
+        overrides.setdefault("modalities", tuple(m for m in modality_names() if m in self.modalities))
         return cfg.with_overrides(overrides)
 
 

@@ -47,7 +47,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from mlcm_core.featurize.dataset import MultimodalBatch, MultimodalDataset, collate_multimodal, modality_columns
+from mlcm_core import modalities as _modalities
+from mlcm_core.featurize.dataset import MultimodalBatch, MultimodalDataset, collate_multimodal
 from mlcm_core.io import atomic_write_path
 from mlcm_core.losses import get_loss
 from mlcm_core.models.density import random_periodic_translation
@@ -104,8 +105,7 @@ def select_unpaired_rows(store: DatasetStore, split: str, modalities: Sequence[s
 
 def _modality_count(table: pd.DataFrame, modalities: Sequence[str]) -> pd.Series:
     """How many of ``modalities`` each row of the store table has."""
-    flags = modality_columns()
-    return sum(table[flags[m]].fillna(False).astype(bool).astype(int) for m in modalities)
+    return sum(table[_modalities.get(m).store_flag].fillna(False).astype(bool).astype(int) for m in modalities)
 
 
 def _assert_split(store: DatasetStore, ids: Sequence[str], split: str) -> None:
@@ -357,10 +357,10 @@ class _Pretrainer:
         """One optimizer update; returns (loss, lr applied, log scale after the update)."""
         cfg = self.cfg
         batch = batch.to(self.env.device, non_blocking=True)
-        if cfg.augment_density and "density" in self.modalities and bool(batch.masks["has_density"].any()):
-            batch.density = random_periodic_translation(batch.density)
-        if cfg.augment_dos and "dos" in self.modalities and bool(batch.masks["has_dos"].any()):
-            batch.dos = augment_dos(batch.dos, **cfg.augment_dos_options)
+        if cfg.augment_density and "density" in self.modalities and bool(batch.modality_masks()["density"].any()):
+            batch.inputs["density"] = random_periodic_translation(batch.inputs["density"])
+        if cfg.augment_dos and "dos" in self.modalities and bool(batch.modality_masks()["dos"].any()):
+            batch.inputs["dos"] = augment_dos(batch.inputs["dos"], **cfg.augment_dos_options)
         amp = cfg.amp and self.env.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
             loss, _ = compute_loss(self.model, batch, cfg.loss, cfg.loss_options, self.modalities)
