@@ -13,6 +13,7 @@ __all__ = ["app_command", "main"]
 
 DEFAULT_STORE = Path("precomputed") / "dataset"
 DEFAULT_SOURCES = Path("..") / "shared" / "data" / "sources"
+DESCRIPTOR_CACHE = Path("var") / "cache" / "descriptors"  # featurize.descriptors of store structures, by structure hash
 
 
 def _shard_name(kind: str) -> str:
@@ -283,6 +284,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 def cmd_heads_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from mlcm_core.explore.classical import ClassicalConfig
     from mlcm_core.explore.predict import HEAD_TARGETS, build_heads
     from mlcm_core.train.config import FinetuneConfig
     from mlcm_core.train.finetune import finetune
@@ -294,10 +296,23 @@ def cmd_heads_build(args: argparse.Namespace) -> int:
         if not (run / "result.json").exists():  # resumable: finished targets are reused
             finetune(args.store, replace(config, out_dir=str(run)), target, pretrained=args.pretrained)
         runs[target] = run
-    out = build_heads(args.store, runs, args.out)
+    out = build_heads(args.store, runs, args.out, classical=None if args.no_classical else ClassicalConfig(),
+                      descriptor_cache=DESCRIPTOR_CACHE)
     manifest = json.loads((out / "manifest.json").read_text())
     print(json.dumps({t["name"]: t["metrics"] for t in manifest["targets"]}, indent=1))
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_heads_add_classical(args: argparse.Namespace) -> int:
+    from mlcm_core.explore.classical import ClassicalConfig, add_classical
+
+    config = ClassicalConfig(n_estimators=args.trees, seed=args.seed, n_jobs=args.jobs)
+    results = add_classical(args.heads, args.store, config=config, targets=args.targets, cache_dir=args.cache)
+    print(json.dumps({name: {k: m[k] for k in ("weight_gnn", "val_mae", "test_mae")}
+                      | {"gnn_test_mae": m["gnn"].get("test_mae"), "forest_test_mae": m["forest"]["test_mae"]}
+                      for name, m in results.items()}, indent=1))
+    print(f"wrote {args.heads}")
     return 0
 
 
@@ -534,7 +549,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, default=Path("var/runs/heads"), help="fine-tuning runs, one folder per target")
     p.add_argument("--out", type=Path, default=Path("precomputed/heads"))
     p.add_argument("--targets", nargs="*", default=None)
+    p.add_argument("--no-classical", action="store_true", help="GNN ensembles only (no forest, no hybrid)")
     p.set_defaults(func=cmd_heads_build)
+    p = heads.add_parser("add-classical", help="add (or refit) the random-forest half of the hybrid predictions "
+                                                "to a heads folder, without retraining the GNN members")
+    p.add_argument("--heads", type=Path, default=Path("precomputed/heads"))
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.add_argument("--targets", nargs="*", default=None)
+    p.add_argument("--trees", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2, help="scikit-learn n_jobs while fitting")
+    p.add_argument("--cache", type=Path, default=DESCRIPTOR_CACHE, help="descriptor cache folder")
+    p.set_defaults(func=cmd_heads_add_classical)
 
     p = sub.add_parser("predict", help="predict band gap, formation energy, K and G (± ensemble spread) for CIF/POSCAR files")
     p.add_argument("files", nargs="+", type=Path)

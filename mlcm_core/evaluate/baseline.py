@@ -11,8 +11,10 @@ standard, tuned, non-deep model (Ward et al. 2016, the Magpie descriptors in mat
 * fitted on train only; the hyper-parameters are chosen by validation MAE only; the test MAE of the chosen
   model (still fitted on train only) is reported once, next to the MAE of predicting the training mean.
 
-Features are the 132 Magpie ElementProperty statistics of the reduced formula; undefined features (NaN, e.g.
-noble-gas properties) are imputed with the training median.
+Features are the 132 Magpie ElementProperty statistics of the store's formula
+(``featurize.descriptors.magpie_features``, re-exported here); undefined features (NaN, e.g. noble-gas
+properties) are imputed with the training median. The shipped hybrid predictions (``explore/classical.py``)
+add structure features to these.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mlcm_core.featurize.descriptors import MAGPIE_N_FEATURES, magpie_features
 
 if TYPE_CHECKING:
     from mlcm_core.data.store import DatasetStore
@@ -33,40 +37,6 @@ DEFAULT_RF_GRID: tuple[dict[str, Any], ...] = (
     {"max_features": "sqrt", "min_samples_leaf": 1},
     {"max_features": 1.0, "min_samples_leaf": 1},
 )
-
-_FEATURE_CACHE: dict[str, np.ndarray] = {}
-_FEATURIZER: list[Any] = []
-
-
-def _featurizer() -> Any:
-    if not _FEATURIZER:
-        from matminer.featurizers.composition import ElementProperty
-
-        _FEATURIZER.append(ElementProperty.from_preset("magpie"))
-    return _FEATURIZER[0]
-
-
-def magpie_features(formulas: Sequence[str]) -> np.ndarray:
-    """(n, 132) Magpie features of each formula (NaN row where a formula cannot be parsed); memoised."""
-    import warnings
-
-    from pymatgen.core import Composition
-
-    ep = _featurizer()
-    n_features = len(ep.feature_labels())
-    out = np.full((len(formulas), n_features), np.nan)
-    for k, formula in enumerate(formulas):
-        if not isinstance(formula, str):
-            continue
-        if formula not in _FEATURE_CACHE:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    _FEATURE_CACHE[formula] = np.asarray(ep.featurize(Composition(formula)), dtype=np.float64)
-            except Exception:  # noqa: BLE001  (an unparsable formula is a missing feature row, imputed later)
-                _FEATURE_CACHE[formula] = np.full(n_features, np.nan)
-        out[k] = _FEATURE_CACHE[formula]
-    return out
 
 
 def target_rows(store: DatasetStore, target: str, split: str) -> tuple[list[str], np.ndarray]:
@@ -115,7 +85,7 @@ def magpie_rf_baseline(store: DatasetStore, targets: Sequence[str], *, n_estimat
             out[spec.name] = {**info, "skipped": "fewer than 2 train rows or no test rows"}
             continue
         imputer = SimpleImputer(strategy="median", keep_empty_features=True)
-        x = {s: magpie_features(formula.loc[ids].tolist()) if len(ids) else np.zeros((0, 132))
+        x = {s: magpie_features(formula.loc[ids].tolist()) if len(ids) else np.zeros((0, MAGPIE_N_FEATURES))
              for s, (ids, _) in data.items()}
         x["train"] = imputer.fit_transform(x["train"])
         for s in ("val", "test"):

@@ -322,6 +322,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                  _num(v.get("val_mae")), _num(v.get("test_mae")), v.get("n_estimators")]
                 for t, v in baseline.items() if "skipped" not in v]
         lines += _table(["target", "chosen on val (per seed)", "val MAE", "test MAE", "trees"], rows)
+    lines += ["## Shipped predictions", "",
+              ("The app's and `mlcm predict`'s predictions (GNN heads + classical forest, every training row, no "
+               "cap) against Magpie + RF on the same rows: docs/predictions.md "
+               "(`python benchmarks/predictions_vs_magpie.py`)."), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

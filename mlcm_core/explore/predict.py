@@ -14,7 +14,16 @@ Layout of a heads folder (``precomputed/heads``), written atomically (temp folde
 
     manifest.json                 targets, units, level of theory, metrics, SHA-256 of every file
     <target>/model-<k>/           checkpoint.json + model.safetensors of member k (never a pickle)
+    <target>/forest.npz           the classical half, where added: random-forest trees as arrays + imputation
+                                  medians (``explore/forest.py``, read without pickle)
     predictions.npz               ids + per-target mean/std for every structure of the store it was built on
+                                  (the shipped, hybrid values); with a forest also <target>__gnn_mean/_std and
+                                  <target>__forest_mean/_std, each half alone
+
+The hybrid (``explore/classical.py``, ``mlcm heads add-classical``): per target, w · GNN ensemble + (1 − w) ·
+random forest on Magpie + structure descriptors, w chosen on validation MAE, σ from the mixture of the two
+spreads scaled on validation. The manifest's ``metrics`` are the shipped (hybrid) numbers, with the GNN-only
+and forest-only ones under ``metrics.gnn`` and ``metrics.forest``; heads without a forest are GNN-only.
 
 Values are in the target's transformed unit (``log10(GPa)`` for the moduli ``log10_k_vrh``, ``log10_g_vrh``); ``natural``
 converts them back (GPa) with the 1σ interval mapped through the inverse transform.
@@ -40,6 +49,7 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
     from mlcm_core.data.store import DatasetStore
+    from mlcm_core.explore.classical import ClassicalConfig
 
 __all__ = ["HEADS_DIR", "HEAD_TARGETS", "HeadsError", "PropertyPredictor", "build_heads", "natural_units",
            "verify_heads"]
@@ -51,6 +61,9 @@ MANIFEST_VERSION = 1
 PREDICTIONS_FILE = "predictions.npz"
 THEORY = ("MLCM prediction: crystal encoder fine-tuned on Materials Project PBE(+U) labels, {k}-member ensemble; "
           "σ = ensemble spread × {scale:.2g} (fitted on validation)")
+HYBRID_THEORY = ("MLCM prediction: {w:.2f} × crystal encoder fine-tuned on Materials Project PBE(+U) labels "
+                 "({k}-member ensemble) + {wf:.2f} × random forest on Magpie + structure descriptors ({n} trees); "
+                 "σ = spread of the mixture × {scale:.2g} (fitted on validation)")
 
 
 class HeadsError(RuntimeError):
@@ -68,7 +81,12 @@ class _Target:
     transform: str
     unit: str
     metrics: dict[str, Any]
-    sigma_scale: float = 1.0
+    sigma_scale: float = 1.0  # of the shipped σ (the blend's where there is a forest)
+    classical: dict[str, Any] | None = None  # the manifest's "classical" entry: forest file, weight_gnn, ...
+
+    @property
+    def gnn_sigma_scale(self) -> float:
+        return float(self.classical["gnn_sigma_scale"]) if self.classical else self.sigma_scale
 
 
 def natural_units(transform: str, unit: str, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray,
@@ -133,6 +151,7 @@ class PropertyPredictor:
         self._lock = threading.Lock()
         self._gallery = gallery
         self._gallery_pos = ({i: k for k, i in enumerate(gallery["ids"].tolist())} if gallery is not None else {})
+        self._forests: dict[str, tuple[Any, np.ndarray]] | None = None
 
     # ---- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -147,7 +166,8 @@ class PropertyPredictor:
             if not spec.get("members"):
                 raise HeadsError(f"{directory / 'manifest.json'}: target {spec['name']} lists no members")
             targets.append(_Target(spec["name"], spec["column"], spec["transform"], spec["unit"],
-                                   spec.get("metrics", {}), float(spec.get("sigma_scale", 1.0))))
+                                   spec.get("metrics", {}), float(spec.get("sigma_scale", 1.0)),
+                                   spec.get("classical")))
         gallery = None
         if PREDICTIONS_FILE in files:
             try:
@@ -171,6 +191,24 @@ class PropertyPredictor:
         """The crystal-graph featurization the heads were trained with (loads the members)."""
         self.members  # noqa: B018 - loads them
         return self._graph_config
+
+    @property
+    def forests(self) -> dict[str, tuple[Any, np.ndarray]]:
+        """{target: (TreeForest, imputation medians)} for the targets with a classical half, loaded on first use."""
+        from mlcm_core.explore.forest import load_forest
+
+        with self._lock:
+            if self._forests is None:
+                forests = {}
+                for t in self.targets:
+                    if t.classical:
+                        try:
+                            forest, extra = load_forest(self.directory / t.classical["forest"])
+                        except (OSError, ValueError, KeyError) as e:
+                            raise HeadsError(f"{self.directory / t.classical['forest']}: {e}") from e
+                        forests[t.name] = (forest, extra["fill"])
+                self._forests = forests
+            return self._forests
 
     def _load_members(self) -> tuple[dict[str, list[Any]], Any]:
         from mlcm_core.featurize.crystal_graph import CrystalGraphConfig
@@ -207,9 +245,10 @@ class PropertyPredictor:
 
     def predict_graphs(self, graphs: Sequence[Any], batch_size: int = 128,
                        calibrated: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """{target: (mean, σ)} in the target's (transformed) unit, one value per graph.
+        """{target: (mean, σ)} of the GNN ensemble alone, in the target's (transformed) unit, one value per graph.
 
-        σ is the ensemble's std times the target's validation-fitted ``sigma_scale`` (``calibrated=False``: raw).
+        σ is the ensemble's std times its validation-fitted scale (``calibrated=False``: raw). A graph has no
+        composition or symmetry for the forest: hybrid predictions come from ``predict``.
         """
         import torch
 
@@ -225,19 +264,36 @@ class PropertyPredictor:
                     z = np.concatenate(parts) if parts else np.zeros(0, np.float32)
                     runs.append(z * model.y_std + model.y_mean)
                 stack = np.stack(runs)  # (K, n)
-                out[t.name] = (stack.mean(0), stack.std(0) * (t.sigma_scale if calibrated else 1.0))
+                out[t.name] = (stack.mean(0), stack.std(0) * (t.gnn_sigma_scale if calibrated else 1.0))
         return out
 
     def predict(self, structures: Structure | Sequence[Structure]) -> pd.DataFrame:
-        """One row per (structure, target): mean, std (transformed unit), value/low/high in natural units."""
+        """One row per (structure, target): mean, std (transformed unit), value/low/high in natural units.
+
+        Where the target has a forest: w · GNN + (1 − w) · forest, σ of the mixture × sigma_scale
+        (``classical.blend``); else the GNN ensemble's mean and scaled spread.
+        """
         from pymatgen.core import Structure
 
         from mlcm_core.featurize.crystal_graph import structure_to_graph
 
         items = [structures] if isinstance(structures, Structure) else list(structures)
         graphs = [structure_to_graph(s, self.graph_config) for s in items]
-        raw = self.predict_graphs(graphs)
-        return self._frame(list(range(len(items))), raw, "structure")
+        raw = self.predict_graphs(graphs, calibrated=False)
+        if any(t.classical for t in self.targets):
+            from mlcm_core.explore.classical import blend, impute
+            from mlcm_core.featurize.descriptors import descriptors
+
+            x = descriptors(items)
+        out = {}
+        for t in self.targets:
+            mean, std = raw[t.name]
+            if t.classical:
+                forest, fill = self.forests[t.name]
+                f_mean, f_std = forest.predict_with_spread(impute(x, fill))
+                mean, std = blend(mean, std, f_mean, f_std, float(t.classical["weight_gnn"]))
+            out[t.name] = (mean, std * t.sigma_scale)
+        return self._frame(list(range(len(items))), out, "structure")
 
     def lookup(self, material_ids: Sequence[str]) -> pd.DataFrame:
         """Stored predictions for gallery materials (computed when the heads were built); unknown ids are left out."""
@@ -249,6 +305,13 @@ class PropertyPredictor:
         raw = {t.name: (self._gallery[f"{t.name}__mean"][pos].astype(np.float64),
                         self._gallery[f"{t.name}__std"][pos].astype(np.float64)) for t in self.targets}
         return self._frame(keys, raw, "id")
+
+    def _theory(self, t: _Target) -> str:
+        k = self._n_members(t.name)
+        if not t.classical:
+            return THEORY.format(k=k, scale=t.sigma_scale)
+        w = float(t.classical["weight_gnn"])
+        return HYBRID_THEORY.format(w=w, wf=1.0 - w, k=k, n=t.classical.get("n_trees", "?"), scale=t.sigma_scale)
 
     def _n_members(self, target: str) -> int:
         return next(len(spec["members"]) for spec in self.manifest["targets"] if spec["name"] == target)
@@ -263,7 +326,7 @@ class PropertyPredictor:
                 key_name: keys, "target": t.name, "quantity": quantity, "label_column": t.column, "mean": mean, "std": std,
                 "transformed_unit": t.unit, "value": value, "low_1sigma": low, "high_1sigma": high, "unit": unit,
                 "test_mae": t.metrics.get("test_mae", np.nan),
-                "theory": THEORY.format(k=self._n_members(t.name), scale=t.sigma_scale)}))
+                "theory": self._theory(t)}))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -275,11 +338,14 @@ def _tuples(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_heads(store: DatasetStore | str | Path, runs: Mapping[str, str | Path], out_dir: str | Path, *,
-                cache_dir: str | Path | None = None, batch_size: int = 128, progress: bool = True) -> Path:
+                cache_dir: str | Path | None = None, batch_size: int = 128, progress: bool = True,
+                classical: ClassicalConfig | None = None, descriptor_cache: str | Path | None = None) -> Path:
     """Collect fine-tuning runs (``mlcm finetune`` output folders, one per target) into ``out_dir``.
 
     Copies every ensemble member, measures the calibration of the spread on the run's test predictions and
     predicts every structure of ``store`` (so the app looks gallery materials up instead of running 12 models).
+    With ``classical``, then adds the forest half of the hybrid (``classical.add_classical``; descriptors cached
+    in ``descriptor_cache``).
     """
     from mlcm_core.data.store import DatasetStore
     from mlcm_core.featurize.dataset import MultimodalDataset
@@ -336,6 +402,10 @@ def build_heads(store: DatasetStore | str | Path, runs: Mapping[str, str | Path]
                             "sigma_scale, fitted on the validation split"),
             "files": files})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if classical is not None:
+        from mlcm_core.explore.classical import add_classical
+
+        add_classical(out_dir, store, config=classical, cache_dir=descriptor_cache, progress=progress)
     return out_dir
 
 

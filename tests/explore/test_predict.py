@@ -15,29 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL
-
-
-@pytest.fixture(scope="module")
-def heads(tiny, tmp_path_factory):
-    """(store, precomputed dir with explore/ + heads/) — a copy, so the shared fixture stays without heads."""
-    from mlcm_core.explore.predict import build_heads
-    from mlcm_core.train.config import FinetuneConfig
-    from mlcm_core.train.finetune import finetune
-
-    store, _, pre = tiny
-    root = tmp_path_factory.mktemp("heads")
-    shutil.copytree(pre, root / "precomputed")
-    runs = {}
-    for target in ("formation_energy_per_atom", "log10_k_vrh"):
-        cfg = FinetuneConfig(model="cpu", model_overrides={k: TINY_MODEL[k] for k in ("embed_dim", "crystal")},
-                             epochs=2, ensemble=2, patience=0, warmup_steps=1, batch_size=8,
-                             out_dir=str(root / "runs" / target), graph_cache_dir=str(root / "graphs"))
-        finetune(store, cfg, target, progress=False)
-        runs[target] = root / "runs" / target
-    build_heads(store, runs, root / "precomputed" / "heads", cache_dir=root / "graphs", progress=False)
-    return store, root / "precomputed"
-
 
 def _members_by_hand(store, heads_dir, target, material_id):
     """Each member's prediction for one structure, loaded and run without PropertyPredictor."""
