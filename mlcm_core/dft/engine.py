@@ -341,7 +341,8 @@ def record_from_npz(path: str | Path, material_id: str, structure: Any = None, s
     if "magmom" in z.files:
         labels["magmom_gpaw_pbe"] = float(z["magmom"])
     dos = DOSData(total=z["dos"], reference="vbm" if gap > protocol.gap_threshold_ev else "efermi",
-                  theory=theory, broadening=f"Gaussian sigma {protocol.dos_sigma_ev:g} eV", band_gap=gap,
+                  theory=theory, broadening=("linear tetrahedra, " if protocol.dos_method == "tetrahedron" else "")
+                  + f"Gaussian sigma {protocol.dos_sigma_ev:g} eV", band_gap=gap,
                   spin=z["dos_spin"] if "dos_spin" in z.files else None)
     density = density_from_npz(z, theory, structure)
     prov = {k: (z[k].tolist() if z[k].ndim else z[k].item()) for k in

@@ -70,7 +70,10 @@ class DFTProtocol:
     # 2026-12-03; 1e-3 gives the same DOS (area-normalised MAE <= 3e-9 /eV on 15 MP materials) with a 1.33x
     # faster DOS step (benchmarks/dos_step_cost.py, docs/dft.md); results keep the value they ran with
     dos_band_buffer: float = 0.1  # unconverged extra bands in the DOS run, as a fraction of the converged ones
-    dos_eigensolver: str | None = None  # None: GPAW's default for PW (Davidson)
+    dos_eigensolver: str | None = None  # None: GPAW's default for PW (Davidson, niter 2); else a GPAW name
+    # ('dav', 'rmm-diis', 'cg') or 'name:key=value,...', e.g. 'dav:niter=1' (worker.eigensolver_arg)
+    dos_method: str = "gaussian"  # DOS from the DOS-run eigenvalues: "gaussian" (Gaussian sums over the mesh's
+    # k-points) or "tetrahedron" (linear tetrahedra on the full mesh, E_F from them, then the same Gaussian)
     magnetic_elements: tuple[str, ...] = ("Cr", "Mn", "Fe", "Co", "Ni")  # spin-polarise cells with these
     initial_magmoms: tuple[tuple[str, float], ...] = MP_MAGMOMS
     default_magmom: float = 0.6  # MP's default initial moment for other atoms of a spin-polarised cell
@@ -89,6 +92,7 @@ class DFTProtocol:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DFTProtocol:
         """Inverse of to_dict; unknown keys are rejected so a renamed field cannot be silently lost."""
+        data = {**_ADDED_FIELDS, **data}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
@@ -141,6 +145,11 @@ class DFTProtocol:
             extra.append("spin-polarised")
         tag = f"{xc}, GPAW 22.8 PW {self.ecut_ev:g} eV"
         return tag + (f" ({', '.join(extra)})" if extra else "")
+
+
+# Fields added after results had been stored, with the value those older results ran with: a stored protocol
+# without the field reads as what it was, whatever the default is now.
+_ADDED_FIELDS: dict[str, Any] = {"dos_method": "gaussian"}
 
 
 def _electronegativity(symbol: str) -> float:

@@ -103,6 +103,164 @@ def gaussian_dos(eps_skn: np.ndarray, w_k: np.ndarray, energies: np.ndarray, sig
     return out
 
 
+def eigensolver_arg(spec: str | None) -> Any:
+    """GPAW ``eigensolver`` argument from the protocol's string: None (GPAW's default), a name ('dav',
+    'rmm-diis', 'cg') or 'name:key=value,...' with numeric values, e.g. 'dav:niter=1' -> {'name': 'dav', 'niter': 1}.
+    """
+    if not spec:
+        return None
+    name, _, rest = spec.partition(":")
+    out: dict[str, Any] = {"name": name}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        out[key.strip()] = float(value) if any(c in value for c in ".eE") else int(value)
+    return out
+
+
+# -- linear tetrahedron DOS (Bloechl, Jepsen, Andersen 1994, without the correction) ------------------
+_PATHS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def tetrahedra(size: Any, rcell: np.ndarray) -> np.ndarray:
+    """(6 * prod(size), 4) flat C-order indices of the k-grid points at the corners of each tetrahedron.
+
+    Every sub-cell of the periodic grid is cut into the 6 tetrahedra around its shortest main diagonal
+    (``rcell``: reciprocal vectors as rows, any units); the corners of tetrahedron (a, b, c) walk
+    0 -> e_a -> e_a + e_b -> diagonal.
+    """
+    size = np.asarray(size, dtype=int)
+    sub = np.asarray(rcell, dtype=float) / size[:, None]
+    best, start, signs = None, None, None
+    for corner in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)):
+        c = np.array(corner)
+        s = 1 - 2 * c
+        length = float(np.linalg.norm(s @ sub))
+        if best is None or length < best - 1e-12:
+            best, start, signs = length, c, s
+    eye = np.eye(3, dtype=int)
+    offsets = []
+    for a, b, _ in _PATHS:
+        path = [np.zeros(3, int), eye[a], eye[a] + eye[b], np.ones(3, int)]
+        offsets.append([start + signs * v for v in path])
+    off = np.array(offsets)  # (6, 4, 3)
+    ijk = np.stack(np.unravel_index(np.arange(int(size.prod())), tuple(size)), axis=1)  # (nk, 3)
+    corners = (ijk[:, None, None, :] + off[None]) % size  # (nk, 6, 4, 3)
+    return np.ravel_multi_index(tuple(np.moveaxis(corners, -1, 0)), tuple(size)).reshape(-1, 4)
+
+
+def _count_in_tetrahedra(e: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Fraction of each tetrahedron's volume with linear energy below x; e: (n, 4) sorted, distinct corners."""
+    e1, e2, e3, e4 = (np.ascontiguousarray(e[:, i]) for i in range(4))
+    d1, d2, d4 = x - e1, x - e2, e4 - x
+    e21, e31, e41, e32, e42, e43 = e2 - e1, e3 - e1, e4 - e1, e3 - e2, e4 - e2, e4 - e3
+    with np.errstate(all="ignore"):
+        r1 = d1**3 / (e21 * e31 * e41)
+        r2 = (e21**2 + 3 * e21 * d2 + 3 * d2**2 - (e31 + e42) / (e32 * e42) * d2**3) / (e31 * e41)
+        r3 = 1.0 - d4**3 / (e41 * e42 * e43)
+    out = np.where(x < e2, r1, np.where(x < e3, r2, r3))
+    out[x <= e1] = 0.0
+    out[x >= e4] = 1.0
+    return out
+
+
+def _corner_energies(eps_kn: np.ndarray, tetra_ibz: np.ndarray) -> np.ndarray:
+    """(ntetra * nbands, 4) sorted corner energies, made strictly increasing by 1e-9 eV (degenerate corners)."""
+    c = np.sort(eps_kn[tetra_ibz].transpose(0, 2, 1).reshape(-1, 4), axis=1)
+    return c + np.array([0.0, 1e-9, 2e-9, 3e-9])
+
+
+def tetrahedron_count(eps_skn: np.ndarray, tetra_ibz: np.ndarray, energy: float) -> float:
+    """Electrons per cell below ``energy`` (linear tetrahedra on the full grid; tetra_ibz: IBZ index per corner)."""
+    return _tetra_counter(eps_skn, tetra_ibz)(energy)
+
+
+def _tetra_counter(eps_skn: np.ndarray, tetra_ibz: np.ndarray) -> Any:
+    occ = 2.0 if eps_skn.shape[0] == 1 else 1.0
+    corners = np.concatenate([_corner_energies(eps_skn[s], tetra_ibz) for s in range(eps_skn.shape[0])])
+    e4_sorted, e1_sorted = np.sort(corners[:, 3]), np.sort(corners[:, 0])
+    scale = occ / len(tetra_ibz)
+
+    def count(energy: float) -> float:
+        below = int(np.searchsorted(e4_sorted, energy, side="right"))
+        if int(np.searchsorted(e1_sorted, energy, side="left")) == below:  # no tetrahedron straddles
+            return scale * below
+        part = corners[(corners[:, 0] < energy) & (corners[:, 3] > energy)]
+        return scale * (below + float(_count_in_tetrahedra(part, np.full(len(part), energy)).sum()))
+
+    return count
+
+
+def tetrahedron_fermi_level(eps_skn: np.ndarray, tetra_ibz: np.ndarray, n_electrons: float) -> float:
+    """Zero-temperature Fermi level (eV) of the tetrahedron-interpolated bands, by bisection.
+
+    In a gap every energy there counts the electrons; the middle of the gap is returned.
+    """
+    count = _tetra_counter(eps_skn, tetra_ibz)
+    lo, hi = float(eps_skn.min()) - 1.0, float(eps_skn.max()) + 1.0
+    if count(hi) < n_electrons - 1e-6:
+        raise RuntimeError("not enough bands to hold the valence electrons")
+    a, b = lo, hi  # lowest energy holding the electrons
+    for _ in range(60):
+        mid = 0.5 * (a + b)
+        a, b = (mid, b) if count(mid) < n_electrons - 1e-9 else (a, mid)
+    low = b
+    a, b = lo, hi  # highest energy not exceeding them
+    for _ in range(60):
+        mid = 0.5 * (a + b)
+        a, b = (mid, b) if count(mid) <= n_electrons + 1e-9 else (a, mid)
+    return 0.5 * (low + a)
+
+
+def tetrahedron_dos(eps_skn: np.ndarray, tetra_ibz: np.ndarray, energies: np.ndarray, sigma: float,
+                    step: float = 0.02) -> np.ndarray:
+    """(nspins, npts) DOS in states/eV per cell: linear-tetrahedron DOS convolved with a Gaussian of std ``sigma``.
+
+    The tetrahedron method's integrated DOS N(E) is exact for the linearly interpolated bands; it is taken on
+    a ``step`` grid (exact states per bin), each bin's states spread evenly over the bin and broadened with
+    the Gaussian (a box convolved with a Gaussian: differences of the normal CDF). Comparable with
+    ``gaussian_dos`` on a fine mesh; step 0.02 eV differs from 0.002 eV by < 1e-4 of the peak DOS.
+    """
+    occ = 2.0 if eps_skn.shape[0] == 1 else 1.0
+    lo, hi = float(energies.min()) - 8 * sigma, float(energies.max()) + 8 * sigma
+    grid = lo + step * np.arange(int(math.ceil((hi - lo) / step)) + 1)
+    try:
+        from scipy.special import erf  # GPAW's own dependency
+    except ImportError:  # pragma: no cover
+        erf = np.vectorize(math.erf, otypes=[float])
+    cdf = 0.5 * (1.0 + erf((energies[:, None] - grid[None, :]) / (sigma * math.sqrt(2.0))))  # (npts, ngrid)
+    box = (cdf[:, :-1] - cdf[:, 1:]) / step  # a unit mass spread over bin j, broadened, at each energy
+    out = np.zeros((eps_skn.shape[0], len(energies)))
+    for s in range(eps_skn.shape[0]):
+        c = _corner_energies(eps_skn[s], tetra_ibz)
+        c = c[(c[:, 3] > lo) & (c[:, 0] < hi)]
+        n_grid = np.searchsorted(np.sort(c[:, 3]), grid, side="right").astype(float)  # wholly below
+        i1 = np.searchsorted(grid, c[:, 0], side="right")
+        i4 = np.searchsorted(grid, c[:, 3], side="left")
+        inside = i4 > i1
+        c, i1, i4 = c[inside], i1[inside], i4[inside]
+        counts = i4 - i1
+        chunk = max(1, int(1e6 // max(1.0, float(counts.mean()) if len(counts) else 1.0)))
+        for a in range(0, len(c), chunk):
+            cc, ii, nn = c[a:a + chunk], i1[a:a + chunk], counts[a:a + chunk]
+            rows = np.repeat(np.arange(len(cc)), nn)
+            cols = np.repeat(ii - np.cumsum(nn) + nn, nn) + np.arange(int(nn.sum()))
+            n_grid += np.bincount(cols, weights=_count_in_tetrahedra(cc[rows], grid[cols]), minlength=len(grid))
+        out[s] = occ * box @ (np.diff(n_grid) / len(tetra_ibz))
+    return out
+
+
+def k_grid_map(bzk_kc: np.ndarray, bz2ibz: np.ndarray, size: Any) -> np.ndarray:
+    """IBZ index of every point of the full Γ-centred grid, in C order (from GPAW's BZ points and map)."""
+    size = np.asarray(size, dtype=int)
+    idx = np.rint(np.asarray(bzk_kc) * size).astype(int) % size
+    flat = np.ravel_multi_index(tuple(idx.T), tuple(size))
+    out = np.full(int(size.prod()), -1, dtype=int)
+    out[flat] = np.asarray(bz2ibz, dtype=int)
+    if (out < 0).any():
+        raise RuntimeError("the DOS run's k-points are not the full Γ-centred grid")
+    return out
+
+
 def estimate_nbands(eps_skn: np.ndarray, efermi: float, n_valence: float, volume_a3: float,
                     margin_ev: float) -> int:
     """Bands per spin needed to reach E_F + margin at every k-point (free-electron count + 20 % + 4).
@@ -258,7 +416,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     gapped, nconv, buffer, retries, t_dos, dcalc = (step[k] for k in ("gapped", "nconv", "buffer", "retries",
                                                                        "seconds", "calc"))
     assert top >= p["band_margin_ev"], f"highest band reaches only E_ref{top:+.2f} eV with {nconv} bands"
-    dos_s = gaussian_dos(eps, w_k, energies_rel + ref, p["dos_sigma_ev"])
+    dos_s = step["dos_s"]
     try:
         efermi_gpaw = float(dcalc.get_fermi_level())
     except Exception:  # noqa: BLE001 - GPAW's search can fail where the bisection does not
@@ -284,6 +442,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         out["dos_spin"] = dos_s.astype(np.float32)
         out["magmoms_initial"] = np.array(job["magmoms"], dtype=float)
     # cheaper DOS settings measured against this run's own DOS (benchmarks/dos_step_cost.py): same SCF
+    if job.get("dos_variants"):  # the eigenvalues and full-grid map, for analysis without another run
+        out.update(_mesh_arrays("dos", step, kdos))
     for i, changes in enumerate(job.get("dos_variants") or []):
         pv = {**p, **changes}
         kv = mp_kpts(atoms.cell[:], pv["kpt_density_dos"], pv["kpt_max_dos"])
@@ -293,13 +453,21 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - a failed variant is a measured outcome, not a failed material
             out[f"variant{i}_error"] = f"{type(exc).__name__}: {exc}"
             continue
-        out[f"variant{i}_dos"] = gaussian_dos(v["eps"], v["w_k"], energies_rel + v["ref"],
-                                              pv["dos_sigma_ev"]).sum(axis=0).astype(np.float32)
+        out[f"variant{i}_dos"] = v["dos_s"].sum(axis=0).astype(np.float32)
+        out[f"variant{i}_reference_energy"] = v["ref"]
+        out[f"variant{i}_gapped"] = v["gapped"]
         out[f"variant{i}_seconds"] = v["seconds"]
         out[f"variant{i}_cpu_seconds"] = v["cpu_seconds"]
         out[f"variant{i}_band_top_min"] = v["top"]
         out[f"variant{i}_nk_ibz"] = len(v["w_k"])
+        out.update(_mesh_arrays(f"variant{i}", v, kv))
     return out
+
+
+def _mesh_arrays(prefix: str, step: dict[str, Any], size: list[int]) -> dict[str, Any]:
+    kd = step["calc"].wfs.kd
+    return {f"{prefix}_eps": step["eps"], f"{prefix}_w_k": step["w_k"], f"{prefix}_kpts": np.array(size),
+            f"{prefix}_grid_ibz": k_grid_map(kd.bzk_kc, kd.bz2ibz_k, size), f"{prefix}_efermi": step["efermi"]}
 
 
 def _dos_step(calc: Any, p: dict[str, Any], kdos: list[int], symmetry: Any, n_valence: float, nconv: int,
@@ -307,16 +475,23 @@ def _dos_step(calc: Any, p: dict[str, Any], kdos: list[int], symmetry: Any, n_va
     """The fixed-density DOS run on ``kdos``, with more bands until the highest reaches E_ref + band margin."""
     t1, c1 = time.time(), time.process_time()
     retries = 0
+    tetra = p.get("dos_method", "gaussian") == "tetrahedron"
     while True:
         buffer = max(4, math.ceil(p.get("dos_band_buffer", 0.1) * nconv))
-        solver = {"eigensolver": p["dos_eigensolver"]} if p.get("dos_eigensolver") else {}
+        solver = {"eigensolver": eigensolver_arg(p["dos_eigensolver"])} if p.get("dos_eigensolver") else {}
         dcalc = calc.fixed_density(nbands=nconv + buffer, kpts={"size": kdos, "gamma": True},
                                    symmetry=symmetry if p["dos_symmetry"] == "irreducible" else "off",
                                    convergence={"bands": nconv, "eigenstates": p["dos_eigenstates_tol"]},
                                    maxiter=p["dos_maxiter"], **solver,
                                    txt=(log + f".dos{tag}{retries}") if log else None)
         eps, w_k = _eigenvalues(dcalc, nconv)
-        efermi = fermi_level(eps, w_k, n_valence, p["smearing_ev"])
+        if tetra:
+            kd = dcalc.wfs.kd
+            rcell = np.linalg.inv(calc.atoms.cell[:]).T
+            tetra_ibz = k_grid_map(kd.bzk_kc, kd.bz2ibz_k, kdos)[tetrahedra(kdos, rcell)]
+            efermi = tetrahedron_fermi_level(eps, tetra_ibz, n_valence)
+        else:
+            efermi = fermi_level(eps, w_k, n_valence, p["smearing_ev"])
         gap, vbm, cbm = band_edges(eps, efermi)
         gapped = gap > p["gap_threshold_ev"]
         ref = vbm if gapped else efermi
@@ -325,8 +500,13 @@ def _dos_step(calc: Any, p: dict[str, Any], kdos: list[int], symmetry: Any, n_va
             break
         nconv = more_bands(eps, ref + p["band_margin_ev"] + 0.5, nconv)
         retries += 1
-    return {"eps": eps, "w_k": w_k, "efermi": efermi, "gap": gap, "vbm": vbm, "cbm": cbm, "ref": ref, "top": top,
-            "gapped": gapped, "nconv": nconv, "buffer": buffer, "retries": retries, "seconds": time.time() - t1,
+    # the DOS curve (timed with the step): Gaussian sums on the mesh, or linear tetrahedra + the same Gaussian
+    energies = np.linspace(p["dos_emin_ev"], p["dos_emax_ev"], int(p["dos_npoints"])) + ref
+    dos_s = (tetrahedron_dos(eps, tetra_ibz, energies, p["dos_sigma_ev"]) if tetra
+             else gaussian_dos(eps, w_k, energies, p["dos_sigma_ev"]))
+    return {"dos_s": dos_s, "eps": eps, "w_k": w_k, "efermi": efermi, "gap": gap, "vbm": vbm, "cbm": cbm,
+            "ref": ref, "top": top, "gapped": gapped, "nconv": nconv, "buffer": buffer, "retries": retries,
+            "seconds": time.time() - t1,
             "cpu_seconds": time.process_time() - c1, "calc": dcalc}
 
 

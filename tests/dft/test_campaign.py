@@ -59,7 +59,7 @@ def test_material_task_is_idempotent(tmp_path: Path):
     (tmp_path / "si.npz").write_bytes(b"result")
     outcome = material_task(job, 1.0, "t1")
     assert isinstance(outcome, TaskOutcome) and outcome.status == "done" and outcome.pid == os.getpid()
-    assert outcome.worker == "" and outcome.seconds < 1.0 and (tmp_path / "si.npz").read_bytes() == b"result"
+    assert outcome.worker == "" and (tmp_path / "si.npz").read_bytes() == b"result"
     (tmp_path / "si.npz").unlink()
     (tmp_path / "si.failed").write_text("old failure")
     assert material_task(job, 1.0, "t1").status == "failed"

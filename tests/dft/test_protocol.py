@@ -92,3 +92,38 @@ def test_dos_mae_is_shape_only() -> None:
     assert dos_mae(far_a, far_b) == pytest.approx(0.2, rel=0.05)
     with pytest.raises(ValueError):
         dos_mae(a[:600], a[:600])
+
+
+def _tight_binding(n: int) -> np.ndarray:
+    """(1, n³, 1) eigenvalues of a simple-cubic s band, -2 sum cos(2πk), on the full Γ-centred grid (C order)."""
+    k = 2 * np.pi * np.stack(np.unravel_index(np.arange(n**3), (n, n, n)), axis=1) / n
+    return (-2.0 * np.cos(k).sum(axis=1))[None, :, None]
+
+
+def test_tetrahedron_dos_beats_gaussian_sums_on_a_coarse_mesh() -> None:
+    e = DOS_ENERGIES
+    rcell = np.eye(3) / 3.0
+    fine = worker.tetrahedron_dos(_tight_binding(24), worker.tetrahedra((24,) * 3, rcell), e, 0.1)
+    tet = worker.tetrahedra((8,) * 3, rcell)
+    assert tet.shape == (6 * 512, 4)
+    coarse_tet = worker.tetrahedron_dos(_tight_binding(8), tet, e, 0.1)
+    coarse_gauss = worker.gaussian_dos(_tight_binding(8), np.full(512, 1 / 512), e, 0.1)
+    assert abs(np.trapezoid(coarse_tet[0], e) - 2.0) < 1e-6  # 2 electrons per band, all inside the window
+    assert dos_mae(coarse_tet[0], fine[0]) < 0.3 * dos_mae(coarse_gauss[0], fine[0])
+    # half filling of the particle-hole symmetric band: E_F = 0; a full band plus a gap: E_F mid-gap
+    assert abs(worker.tetrahedron_fermi_level(_tight_binding(8), tet, 1.0)) < 1e-6
+    two = np.concatenate([_tight_binding(8), _tight_binding(8) + 20.0], axis=2)
+    assert abs(worker.tetrahedron_fermi_level(two, tet, 2.0) - 10.0) < 1e-6
+    assert abs(worker.tetrahedron_count(two, tet, 10.0) - 2.0) < 1e-9
+
+
+def test_k_grid_map_and_eigensolver_spec() -> None:
+    size = (3, 4, 2)
+    idx = np.stack(np.unravel_index(np.arange(24), size), axis=1)
+    frac = (idx / np.array(size) + 0.5) % 1.0 - 0.5  # GPAW-style points in [-0.5, 0.5)
+    order = np.random.default_rng(1).permutation(24)
+    grid = worker.k_grid_map(frac[order], np.arange(24)[order] // 2, size)
+    assert (grid == np.arange(24) // 2).all()
+    assert worker.eigensolver_arg(None) is None
+    assert worker.eigensolver_arg("rmm-diis") == {"name": "rmm-diis"}
+    assert worker.eigensolver_arg("dav:niter=1") == {"name": "dav", "niter": 1}
