@@ -15,6 +15,7 @@ import panel as pn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `panel serve app/main.py` from a checkout
 
 from app.panes import LiveAlert, LiveStr
+from app.share import ShareLink
 from app.store import AppState, debug_json, log
 from app.views.candidates import CandidatesView
 from app.views.card import PropertyCard
@@ -24,14 +25,17 @@ from app.views.filters import FiltersView
 from app.views.intro import IntroView
 from app.views.map import MapView
 from app.views.materials import MaterialsTable
+from app.views.reset import ResetView
 from app.views.search import SearchView
 from app.views.selection import SelectionSummary
+from app.views.shortcuts import Shortcuts
 from app.views.structure import StructureView
 from app.views.target import TargetDOSView
 from app.views.upload import UploadView
 from app.views.validate import ValidateView
 from app.warm import release_memory, warm_up, warm_views
 
+MAP_MIN_WIDTH = 460
 ALERT = {"info": "info", "success": "success", "warning": "warning", "error": "danger"}
 
 
@@ -51,6 +55,7 @@ class Dashboard:
     def __init__(self, state: AppState | None = None, lazy: bool = False):
         self.state = state = state or AppState()
         self.lazy = lazy
+        self.share = ShareLink(state)  # a shared link's state, before the map reads its viewport
         self.map = MapView(state=state)
         self.selection = SelectionSummary(state=state)
         self.materials = MaterialsTable(state=state)
@@ -65,6 +70,12 @@ class Dashboard:
         self.validate = ValidateView(state=state)
         self.search = SearchView(state=state)
         self.intro = IntroView(state=state)
+        # one Reset for the whole session; the map's colouring is the map's own setting, put back here too
+        self.reset = ResetView(state=state, restore=[(self.map, ["color_by", "prop", "element", "show_clusters",
+                                                                 "cluster"])])
+        self.share.attach(self.map)  # the link's colouring (after Reset noted the defaults); the URL follows
+        self.shortcuts = Shortcuts(actions={"clear": self.map.clear, "reset": self.map.reset_view,
+                                            "help": lambda: setattr(self.intro.card, "collapsed", False)})
 
     def summary(self) -> str:
         info = self.state.dataset.info()
@@ -106,16 +117,20 @@ class Dashboard:
             pn.Card(later(self.upload), title="Upload a structure (CIF/POSCAR)", collapsed=False),
             pn.Card(later(self.validate), title="Validate by DFT", collapsed=True),
         ]
-        deps = [s.param.polygon, s.param.selected_ids, s.param.candidates, s.param.placed, s.param.focus_id]
+        deps = [s.param.polygon, s.param.selected_ids, s.param.candidates, s.param.placed, s.param.focus_id,
+                s.param.url_query, s.param.layers]
         # what the browser tests read back (the polygon the app received, counts); invisible, not display:none
         debug = LiveStr(pn.bind(self.debug, *deps), css_classes=["mlcm-debug"], height=1, margin=0,
                             styles={"overflow": "hidden", "opacity": "0", "font-size": "1px"})
         main = [
             pn.Column(pn.pane.Markdown(self.summary(), css_classes=["mlcm-summary"]),
-                      self.message_area(), debug,
+                      self.message_area(), debug, self.shortcuts,
                       sizing_mode="stretch_width"),
-            pn.Row(self.map, pn.Column(later(self.target), later(self.selection), sizing_mode="stretch_width",
-                                       min_width=380), sizing_mode="stretch_width"),
+            # the map takes the width there is; the target DOS and the summary sit beside it on a wide window,
+            # below it on a narrower one (1280 px): nothing is cut off
+            pn.FlexBox(pn.Column(self.map, styles={"flex": "1 1 640px"}, min_width=MAP_MIN_WIDTH),
+                       pn.Column(later(self.target), later(self.selection), styles={"flex": "1 1 580px"},
+                                 min_width=580), flex_wrap="wrap", sizing_mode="stretch_width"),
             later(self.candidates),
             pn.Row(later(self.dos), later(self.card), sizing_mode="stretch_width"),
             pn.Row(later(self.structure), later(self.density), sizing_mode="stretch_width"),
@@ -123,7 +138,7 @@ class Dashboard:
         ]
         return pn.template.BootstrapTemplate(  # bundled assets only: no web font or CDN request (offline)
             title="MLCM — Multimodal Learning for Crystalline Materials", sidebar=sidebar, main=main,
-            sidebar_width=360, header_background="#1f5f8b")
+            sidebar_width=360, header_background="#1f5f8b", header=[self.reset])
 
 
 def _skip_mathjax() -> None:

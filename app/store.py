@@ -12,6 +12,7 @@ crystal_toolkit at module level: the Explorer loads its model on the first query
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -124,12 +125,36 @@ def property_columns(table: pd.DataFrame) -> list[str]:
     return out
 
 
+# the map's layers (AppState.layers): real materials, and each hypothetical set by the store's `source`
+MAP_LAYERS = {"real": "real materials (Materials Project)", "perov_5": "hypothetical: perov_5 (CDVAE)",
+              "carbon_24": "hypothetical: carbon_24 (CDVAE)"}
+HYPOTHETICAL_SOURCES = {"cdvae-perov_5": "perov_5", "cdvae-carbon_24": "carbon_24"}
+
+
+def map_layer(source: str) -> str:
+    """The map layer (a MAP_LAYERS key) of a store ``source``: its hypothetical set, else "real"."""
+    return HYPOTHETICAL_SOURCES.get(str(source), "real")
+
+
+@pn.cache(max_items=2)
+def map_layers(explore_path: str, dataset_path: str) -> np.ndarray:
+    """The map layer of each map point (map_frame rows, in order)."""
+    src = map_frame(explore_path, dataset_path)["source"]
+    return np.asarray(src.astype(str).map(map_layer).to_numpy(), dtype=object)
+
+
 @pn.cache(max_items=2)
 def map_clusters(explore_path: str, dataset_path: str) -> pd.DataFrame:
     """The map's labelled clusters (``Explorer.map_clusters``: the core's, cached on disk)."""
     return open_explorer(explore_path, dataset_path).map_clusters()
 
 
+# what a search depends on besides its target (AppState.query_inputs): a change marks the candidates stale
+QUERY_INPUTS = ("target", "placed", "k", "gallery", "range_column", "range_min", "range_max", "include_unknown",
+                "elements_include", "elements_exclude", "sources")
+# what AppState.reset leaves as it is (every other parameter goes back to its default)
+RESET_KEEPS = ("name", "dataset_path", "explore_path", "busy", "message", "message_level", "resets")
+QUERY_KINDS = {"dos": "DOS", "structure": "uploaded structure", "material_id": "similar to a material"}
 _WARM = {"started": False, "done": {}, "lock": threading.Lock()}
 QUERY_CACHE_SIZE = 64
 TOAST_MS = {"warning": 6000, "error": 10000}  # AppState.notify: toast levels and how long each stays
@@ -240,6 +265,11 @@ class AppState(param.Parameterized):
     zoom_to = param.List(default=[], doc="[x0, x1, y0, y1]: the map extent a search asks the map to show "
                                          "(empty: no request); AppState.find sets it")
     search_text = param.String(default="", doc="the last search (material id, formula or chemical system)")
+    layers = param.ListSelector(default=[], objects=[], doc="the map layers shown (MAP_LAYERS keys; every one "
+                                "present by default): the map draws, hovers and lasso/box/cluster-selects only these")
+    map_view = param.List(default=[], doc="[x0, x1, y0, y1]: the map's viewport after a zoom or pan (empty: the "
+                                          "whole map); the map keeps it up to date, the URL shares it")
+    url_query = param.String(default="", doc="the shareable state as a URL query string (app/share.py keeps it)")
 
     candidates = param.DataFrame(default=None, allow_None=True, doc="the last Explorer.query result")
     candidates_origin = param.String(default="")
@@ -248,6 +278,12 @@ class AppState(param.Parameterized):
                         doc="target DOS: {'label', 'x', 'y'} (x, y = the curve as given) and 'dos' (601 values)")
     placed = param.Dict(default=None, allow_None=True, doc="an uploaded structure placed on the map")
     validation = param.Dict(default=None, allow_None=True, doc="computed DOS of a DFT validation")
+    query = param.Dict(default=None, allow_None=True,
+                       doc="what the candidates were searched with (AppState.query_record): kind, target, gallery, "
+                           "k, filters in words; None without candidates")
+    query_stale = param.Boolean(default=False, doc="an input of the candidates' search (its target or upload, the "
+                                                   "gallery, k, a filter) has changed since it ran")
+    resets = param.Integer(default=0, doc="AppState.reset count: views clear their own widgets when it changes")
 
     # retrieval settings (FiltersView shows them)
     k = param.Integer(default=25, bounds=(1, 500), doc="number of candidates")
@@ -274,6 +310,14 @@ class AppState(param.Parameterized):
         # shown as "Band gap (eV, PBE(+U); Materials Project)", the value stays the column name
         self.param.range_column.objects = {"(none)": "(none)", **{label_title(c): c for c in property_columns(t)}}
         self.param.sources.objects = sorted(t["source"].dropna().astype(str).unique().tolist())
+        present = {map_layer(v) for v in self.param.sources.objects}
+        shown = [k for k in MAP_LAYERS if k in present]
+        self.param.layers.objects = {MAP_LAYERS[k]: k for k in shown}
+        self.param.layers.default = list(shown)  # every layer shown, also after a reset
+        self.layers = list(shown)
+        self.param.watch(self._reselect, "layers")
+        self._query_inputs: tuple | None = None  # query_inputs() when the candidates' search ran
+        self.param.watch(self._check_stale, list(QUERY_INPUTS))
 
     # ---- data ---------------------------------------------------------------------------------
     @property
@@ -373,8 +417,47 @@ class AppState(param.Parameterized):
         poly = np.asarray(polygon, dtype=np.float64)
         if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.all(np.isfinite(poly)):
             raise UserError("a selection needs a polygon of at least 3 finite map points")
-        ids = self.explorer.select(poly)
-        self.param.update(polygon=poly.tolist(), selected_ids=list(map(str, ids)), selection_origin=origin)
+        ids = self.shown_only(list(map(str, self.explorer.select(poly))))  # what is drawn is what is selected
+        self.param.update(polygon=poly.tolist(), selected_ids=ids, selection_origin=origin)
+        return self.selected_ids
+
+    # ---- map layers -----------------------------------------------------------------------------
+    def layer_mask(self, layers: Any = None) -> np.ndarray | None:
+        """Map points (``frame`` rows) on ``layers`` (default: the shown ones); None when every layer is shown."""
+        layers = self.layers if layers is None else layers
+        if set(self.param.layers.objects.values()) <= set(layers):
+            return None
+        return np.isin(map_layers(self.explore_path, self.dataset_path), list(layers))
+
+    def n_shown(self) -> int:
+        """How many map points the shown layers hold."""
+        mask = self.layer_mask()
+        return len(self.frame) if mask is None else int(mask.sum())
+
+    def shown_only(self, ids: list[str]) -> list[str]:
+        """``ids`` without the materials of hidden layers (order kept)."""
+        mask = self.layer_mask()
+        if mask is None:
+            return ids
+        shown = set(self.frame["id"].to_numpy()[mask])
+        return [i for i in ids if i in shown]
+
+    def _reselect(self, *_) -> None:
+        """A selection made on the map (lasso, box, cluster) is made again for the layers now shown: it is always
+        its polygon's or cluster's materials on the shown layers (a shared link then reproduces it)."""
+        origin = self.selection_origin
+        if origin in ("lasso", "box") and self.polygon:
+            self.select_polygon(self.polygon, origin=origin)
+        elif origin.startswith("cluster "):
+            with contextlib.suppress(UserError):
+                self.select_cluster(origin.removeprefix("cluster "))
+
+    def select_cluster(self, label: str) -> list[str]:
+        """Every material of the map cluster ``label`` on the shown layers becomes the selection."""
+        hit = self.clusters[self.clusters["label"] == label]
+        if hit.empty:
+            raise UserError(f"no map cluster {label!r}")
+        self.select_ids(self.shown_only(list(map(str, hit["ids"].iloc[0]))), origin=f"cluster {label}")
         return self.selected_ids
 
     def select_ids(self, ids: list[str], origin: str) -> None:
@@ -519,7 +602,10 @@ class AppState(param.Parameterized):
         res = res.copy()  # sessions never share a mutable frame
         self._candidates_key = key
         filters = self.filters_text()
-        self.param.update(candidates=res, candidates_origin=origin, candidates_filters=filters)
+        record = self.query_record(origin, targets, len(res))
+        self._query_inputs = self.query_inputs(record["kind"])
+        self.param.update(candidates=res, candidates_origin=origin, candidates_filters=filters, query=record,
+                          query_stale=False)
         self.notify(f"{len(res)} candidates for {origin} ({time.perf_counter() - t:.2f} s)"
                     + (f"; filters: {filters}" if filters else "; no filters"), "success")
         return res
@@ -534,7 +620,119 @@ class AppState(param.Parameterized):
 
     def clear_candidates(self) -> None:
         self._candidates_key = None
-        self.param.update(candidates=None, candidates_origin="", candidates_filters="")
+        self._query_inputs = None
+        self.param.update(candidates=None, candidates_origin="", candidates_filters="", query=None, query_stale=False)
+
+    # ---- what the candidates were searched with (the query-state panel) -----------------------------
+    def query_record(self, origin: str, targets: dict[str, Any], n: int) -> dict:
+        """What a search ran with, for the query-state panel: ``kind`` ("dos", "structure" or "material_id"),
+        the target (a DOS: its label and 601 values on the DOS grid; an upload: its file name and formula; a
+        material: its id and formula), the gallery searched (as chosen and as resolved for "auto"), k and the
+        filters in words (``filters_text``: '' when none)."""
+        kind = next((name for name in QUERY_KINDS if name in targets), "query")
+        record = {"kind": kind, "what": QUERY_KINDS.get(kind, kind), "origin": origin, "n": int(n), "k": self.k,
+                  "gallery_setting": self.gallery, "gallery": self.search_gallery(targets),
+                  "filters": self.filters_text()}
+        if kind == "dos":
+            if self.target:
+                label, dos = self.target["label"], self.target["dos"]
+            else:  # a DOS given to run_query directly
+                from mlcm_core.explore import resample_polyline
+
+                value = targets["dos"]
+                label, dos = "DOS", resample_polyline(*value) if isinstance(value, tuple) else value
+            record.update(label=label, dos=np.asarray(dos, np.float64).round(4).tolist())
+        elif kind == "structure":
+            placed = self.placed or {}
+            record.update(name=placed.get("name", "structure"), formula=placed.get("formula", "?"))
+        elif kind == "material_id":
+            mid = str(targets["material_id"])
+            formula = self.indexed.at[mid, "formula"] if mid in self.indexed.index else None
+            record.update(material_id=mid, formula=formula if isinstance(formula, str) else "")
+        return record
+
+    def query_inputs(self, kind: str) -> tuple:
+        """What a search of ``kind`` would run with now: its target (the DOS curve or the upload; a material id
+        is fixed by the search itself), the resolved gallery, k and the filters. A change after the search marks
+        its candidates stale (``query_stale``); an input another kind of search ignores does not."""
+        if kind == "dos":
+            what = _curve_digest(self.target)
+        elif kind == "structure":
+            what = None if not self.placed else (self.placed.get("name"), _digest(self.placed.get("text", "")))
+        else:
+            what = None
+        return kind, what, self.search_gallery({kind: None}), self.k, self.filters_text()
+
+    def changed_inputs(self) -> list[str]:
+        """The inputs of the candidates' search that have changed since it ran, in words ([] when none)."""
+        if not self.query or self._query_inputs is None:
+            return []
+        kind = self.query["kind"]
+        names = ("search", {"dos": "target DOS", "structure": "uploaded structure"}.get(kind, "target"), "gallery",
+                 "k", "filters")
+        return [n for n, a, b in zip(names, self._query_inputs, self.query_inputs(kind)) if a != b]
+
+    def _check_stale(self, *_) -> None:
+        stale = self.query is not None and self._query_inputs != self.query_inputs(self.query["kind"])
+        if stale != self.query_stale:
+            self.query_stale = stale
+
+    def target_candidates(self) -> pd.DataFrame | None:
+        """The candidates when they are the search result of the current target's curve (not an upload's, a
+        material's, or an earlier target's with the same label), else None."""
+        if not self.target or self.candidates is None or not self.query or self.query["kind"] != "dos":
+            return None
+        return self.candidates if self._query_inputs and self._query_inputs[1] == _curve_digest(self.target) else None
+
+    def clear_target(self) -> None:
+        """No target and no candidates of a DOS search (this target's or an earlier one's: they would stay listed
+        and drawn); an upload's or a material's candidates stay."""
+        if self.query and self.query["kind"] == "dos":
+            self.clear_candidates()
+        self.param.update(target=None, validation=None)
+
+    def search_again(self) -> pd.DataFrame:
+        """The candidates' search again, with the current target or upload, gallery, k and filters."""
+        q = self.query
+        if not q:
+            raise UserError("nothing searched yet: draw a target DOS, use a material's DOS or upload a structure")
+        if q["kind"] == "dos":
+            return self.query_target()
+        if q["kind"] == "material_id":
+            return self.run_query(q["origin"], material_id=q["material_id"])
+        if q["kind"] == "structure" and self.placed:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="mlcm-upload-") as d:
+                path = Path(d) / _upload_name(self.placed["name"])
+                path.write_text(self.placed["text"], encoding="utf-8")
+                return self.run_query(f"uploaded structure {self.placed['name']} ({self.placed['formula']})",
+                                      structure=path)
+        raise UserError(f"cannot repeat the search for {q['origin']}: search again from its view")
+
+    def home_extent(self) -> list[float]:
+        """[x0, x1, y0, y1]: the whole map with a 3 % margin (the map's first view)."""
+        f = self.frame
+        out = []
+        for c in ("x", "y"):
+            lo, hi = float(f[c].min()), float(f[c].max())
+            pad = 0.03 * (hi - lo)
+            out += [lo - pad, hi + pad]
+        return out
+
+    def reset(self) -> None:
+        """The session as it started: no selection, focus, target, candidates, upload or validation, the search
+        box empty, the default k, gallery and filters, the whole map in view; ``resets`` goes up so that views
+        clear what only they hold (a drawn stroke, file inputs, colouring)."""
+        import copy
+
+        self._candidates_key = None
+        self._query_inputs = None
+        values = {name: copy.deepcopy(p.default) for name, p in self.param.objects("existing").items()
+                  if name not in RESET_KEEPS and not p.constant and not p.readonly}
+        self.param.update(**values, resets=self.resets + 1)
+        self.zoom_to = self.home_extent()
+        self.notify("session reset: no selection, target, candidates, upload or filters", "info")
 
     def target_origin(self) -> str:
         """The candidates' origin of a search with the current target ('' without a target): the target plot
@@ -678,6 +876,17 @@ def _symbols(text: str) -> list[str]:
     return [element_symbol(tok) for tok in text.replace(";", ",").replace(" ", ",").split(",") if tok.strip()]
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()
+
+
+def _curve_digest(target: dict | None) -> tuple | None:
+    """What identifies a target DOS: its label and its values (two strokes are both labelled "drawn")."""
+    if not target:
+        return None
+    return target.get("label"), hashlib.sha1(np.asarray(target["dos"], np.float64).tobytes()).hexdigest()
+
+
 def _upload_name(filename: str) -> str:
     """A safe temporary file name that keeps what the structure reader needs (suffix or POSCAR stem)."""
     base = Path(filename).name
@@ -746,4 +955,6 @@ def debug_json(state: AppState) -> str:
                        "selection_origin": state.selection_origin, "focus": state.focus_id,
                        "n_candidates": 0 if cand is None else len(cand),
                        "candidate_ids": [] if cand is None else cand["id"].astype(str).tolist(),
-                       "placed": None if not state.placed else {k: state.placed[k] for k in ("x", "y", "formula")}})
+                       "placed": None if not state.placed else {k: state.placed[k] for k in ("x", "y", "formula")},
+                       "url": state.url_query, "layers": list(state.layers), "n_shown": state.n_shown(),
+                       "map_view": state.map_view})

@@ -16,6 +16,7 @@ import param
 
 from app.panes import LiveMarkdown
 from app.store import AppState, UserError, column_title
+from app.views.query import QueryStateView
 
 SHOWN = ["rank", "id", "formula", "score", "sim_dos", "sim_structure", "sim_material", "dos_mae_to_target", "source",
          "spacegroup_symbol",
@@ -45,6 +46,7 @@ class CandidatesView(pn.viewable.Viewer):
 
     def __init__(self, **params):
         super().__init__(**params)
+        self._query = QueryStateView(state=self.state)  # what these candidates were searched with
         self._title = LiveMarkdown(self._title_text(), css_classes=["mlcm-candidates-title"])
         self._table = pn.widgets.Tabulator(self.shown(self.state.candidates), pagination="local", page_size=15,
                                            selectable=1, show_index=False, disabled=True, sizing_mode="stretch_width",
@@ -52,6 +54,7 @@ class CandidatesView(pn.viewable.Viewer):
                                            titles=self.titles())
         self._table.param.watch(self._on_select, "selection")
         self.state.param.watch(self._on_candidates, "candidates")
+        self.state.param.watch(lambda *_: self.param.update(export_what="candidates"), "resets")
         self._downloads = [
             ExportDownload(callback=self._make_callback(fmt), filename=f"mlcm-export{suffix}",
                            label=f"Download {fmt.replace('_', ' ').upper()}", color="success",
@@ -106,7 +109,7 @@ class CandidatesView(pn.viewable.Viewer):
         return self.state.export(self.export_what, fmt)
 
     def __panel__(self):
-        return pn.Column(self._title, self._table,
+        return pn.Column(self._query, self._title, self._table,
                          pn.Row(pn.widgets.RadioButtonGroup.from_param(self.param.export_what), *self._downloads),
                          pn.pane.Markdown("CSV: the table only (opens in any spreadsheet or `pandas.read_csv`); "
                                           "JSON and CIF zip: the table with the query that produced it.",

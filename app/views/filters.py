@@ -37,7 +37,7 @@ class FiltersView(pn.viewable.Viewer):
                    OptionalFloatInput.from_param(s.param.range_max, label="max", width=110, placeholder="no limit")),
             pn.widgets.Checkbox.from_param(s.param.include_unknown, label="include unknown values/compositions"),
             pn.widgets.TextInput.from_param(s.param.elements_include, label="Elements: must contain all",
-                                            placeholder="e.g. O, Ti"),
+                                            placeholder="e.g. O, Ti", css_classes=["mlcm-filter-has"]),
             pn.widgets.TextInput.from_param(s.param.elements_exclude, label="Elements: must contain none",
                                             placeholder="e.g. Pb, Cd"),
             pn.widgets.MultiChoice.from_param(s.param.sources, label="Sources (empty = all)"),

@@ -11,6 +11,7 @@ import panel as pn
 import param
 
 from app.store import AppState
+from app.views.shortcuts import SHORTCUTS_TEXT
 
 COOKIE = "mlcm_intro"  # "closed" once the introduction was closed, "open" after it was reopened
 TITLE = "What am I looking at?"
@@ -47,6 +48,9 @@ and level of theory, e.g. *Band gap (eV, PBE(+U); Materials Project)*: PBE under
 30-50 %. *Predicted properties* on the card are machine-learning estimates (crystal encoders fine-tuned on
 Materials Project PBE(+U) labels, an ensemble whose spread is the ± shown) — they estimate what PBE would give,
 not experiment. *Validate by DFT* runs a real PBE calculation (GPAW) for a structure.
+
+**Keys** (not while typing in a box): {SHORTCUTS_TEXT}. **Share:** the address bar always holds the selection,
+focus, filters, colouring, layers and map view; copy it to share exactly this view.
 """
 
 

@@ -42,10 +42,12 @@ from holoviews.core.spaces import Callable
 
 from app.panes import LiveHTML, on_document, plot_handles, push_layers
 from app.store import AppState, UserError, element_symbol, guarded
+from app.views.shortcuts import SHORTCUTS_TEXT
 from mlcm_core.data.conventions import label_title
 from mlcm_core.explore.index import ViewportSampler
 
-WIDTH, HEIGHT = 640, 560
+HEIGHT = 560  # the map stretches to its width (responsive) at this height
+MIN_WIDTH = 420  # the map stretches to the width it is given, never narrower than this
 FRAME = (560, 480)  # the plot frame inside WIDTH x HEIGHT (axes and toolbar take the rest); PlotSize refines it
 HOVER_SAMPLES = 3000  # at most this many points in view carry the hover tooltips and selection tools
 HOVER_COLUMNS = ["x", "y", "id", "formula"]
@@ -88,15 +90,18 @@ def _over(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return out
 
 
-def _grey_layer(state: AppState, cvs: ds.Canvas, view: tuple, index: "_MapIndex", rows: slice) -> tf.Image:
-    """Every material in grey for a viewport: the same for every colouring and selection, so computed once
-    per viewport and process. ``rows``: the x-sorted positions in view (``_MapIndex.x_slice``)."""
-    key = ("grey", state.explore_path, view)
+def _grey_layer(state: AppState, cvs: ds.Canvas, view: tuple, index: "_MapIndex", rows: slice,
+                keep: np.ndarray | None = None, layers: tuple | None = None) -> tf.Image:
+    """Every material (of the shown ``layers``; ``keep``: their mask over the frame's rows, None = all) in grey
+    for a viewport: the same for every colouring and selection, so computed once per viewport, layers and
+    process. ``rows``: the x-sorted positions in view (``_MapIndex.x_slice``)."""
+    key = ("grey", state.explore_path, view, layers)
     with _SHADE_LOCK:
         img = _SHADE_CACHE.get(key)
     if img is None:
         xs, ys = index.sorted_xy()
-        img = tf.shade(cvs.points(_columns(x=xs[rows], y=ys[rows]), "x", "y", ds.count()), cmap=GREY)
+        sel = rows if keep is None else rows.start + np.flatnonzero(keep[index.order()[rows]])
+        img = tf.shade(cvs.points(_columns(x=xs[sel], y=ys[sel]), "x", "y", ds.count()), cmap=GREY)
         _remember(key, img)
     return img
 
@@ -131,10 +136,14 @@ class _MapIndex:
                 self._sampler = ViewportSampler(self.frame[["x", "y"]].to_numpy(np.float64))
             return self._sampler
 
-    def hover(self, x_range: tuple[float, float], y_range: tuple[float, float]) -> pd.DataFrame:
+    def hover(self, x_range: tuple[float, float], y_range: tuple[float, float],
+              keep: np.ndarray | None = None) -> pd.DataFrame:
         """x, y, id, formula of a uniform sample of at most HOVER_SAMPLES of the points in the viewport (all of
-        them when there are no more), in frame order; the same viewport gives the same sample."""
+        them when there are no more), in frame order; the same viewport gives the same sample. ``keep``: a mask
+        over the frame's rows (hidden map layers), applied to the sample."""
         rows = self.sampler.sample(x_range, y_range, HOVER_SAMPLES)
+        if keep is not None:
+            rows = rows[keep[rows]]
         # column by column: a DataFrame.iloc[rows, cols] of a wide frame cost ~60 ms at 1M rows
         return pd.DataFrame({c: self.frame[c].to_numpy()[rows] for c in HOVER_COLUMNS})
 
@@ -244,7 +253,9 @@ class MapView(pn.viewable.Viewer):
         clusters = self.state.clusters
         self._cluster_ids = {row.label: row.ids for row in clusters.itertuples()}
         self.param.cluster.objects = [None, *self._cluster_ids]
-        self._xr, self._yr = _extent(f)
+        self._home = _extent(f)  # the whole map: the first view, and "reset view"
+        v = self.state.map_view  # a shared link's viewport, else the whole map
+        self._xr, self._yr = ((v[0], v[1]), (v[2], v[3])) if len(v) == 4 else self._home
         self._element_cache: dict[str, np.ndarray] = {}
         self.param.watch(self._on_cluster, "cluster")
         self.param.watch(self._on_element, ["element", "color_by"])
@@ -285,36 +296,44 @@ class MapView(pn.viewable.Viewer):
         return float(lo), float(hi if hi > lo else lo + 1)
 
     def _shade(self, x_range=None, y_range=None, width=None, height=None, scale=None, color_by="crystal system", prop=None,
-               element="O", selected_ids=()):
+               element="O", selected_ids=(), layers=None):
         """Grey layer of everything + coloured layer, aggregated for the viewport at the frame's pixel size.
 
         Unselected views are shared by all sessions of the process (the first paint of a new session then
-        costs no aggregation)."""
+        costs no aggregation). ``layers``: the map layers shown (None: all)."""
+        layers = self._layers_key(layers)
         xr = tuple(float(v) for v in x_range) if x_range else self._xr
         yr = tuple(float(v) for v in y_range) if y_range else self._yr
         w = int(width) if width else FRAME[0]
         h = int(height) if height else FRAME[1]
         key = None
         if not selected_ids:
-            key = (self.state.explore_path, xr, yr, w, h, color_by, prop, element)
+            key = (self.state.explore_path, xr, yr, w, h, color_by, prop, element, layers)
             with _SHADE_LOCK:
                 if key in _SHADE_CACHE:
                     _SHADE_CACHE.move_to_end(key)
                     return _SHADE_CACHE[key]
-        out = self._shade_uncached(xr, yr, w, h, color_by, prop, element, selected_ids)
+        out = self._shade_uncached(xr, yr, w, h, color_by, prop, element, selected_ids, layers)
         if key is not None:
             _remember(key, out)
         return out
 
-    def _shade_uncached(self, xr, yr, w, h, color_by, prop, element, selected_ids):
+    def _layers_key(self, layers) -> tuple | None:
+        """The shown layers as a cache key: None when every layer is shown (the common, shared case)."""
+        if layers is None or self.state.layer_mask(layers) is None:
+            return None
+        return tuple(sorted(layers))
+
+    def _shade_uncached(self, xr, yr, w, h, color_by, prop, element, selected_ids, layers=None):
         """datashader directly, not HoloViews' operations: the same aggregation and colours at a fraction of
         the cost (the operations' parameter machinery took most of the ~250 ms per change; lasso, cluster,
         colour and zoom each re-shade). Only the points whose x lies in view are aggregated (``_MapIndex``)."""
         cvs = ds.Canvas(plot_width=w, plot_height=h, x_range=xr, y_range=yr)
         index = _map_index(self.state.frame)
         rows = index.x_slice(xr)
-        base = _grey_layer(self.state, cvs, (xr, yr, w, h), index, rows)
-        pts, col, kind = self._visible(color_by, prop, element, list(selected_ids), index, rows)
+        keep = None if layers is None else self.state.layer_mask(layers)
+        base = _grey_layer(self.state, cvs, (xr, yr, w, h), index, rows, keep, layers)
+        pts, col, kind = self._visible(color_by, prop, element, list(selected_ids), index, rows, keep)
         img = base
         if len(pts):
             if kind == "cat":
@@ -329,13 +348,15 @@ class MapView(pn.viewable.Viewer):
         return _rgb_element(img, xr, yr)
 
     def _visible(self, color_by: str, prop: str | None, element: str, selected_ids: list[str], index: _MapIndex,
-                 rows: slice) -> tuple[pd.DataFrame, str | None, str]:
+                 rows: slice, keep: np.ndarray | None = None) -> tuple[pd.DataFrame, str | None, str]:
         """``coloured`` restricted to the x-sorted positions ``rows`` (``_MapIndex.x_slice``): the same points
         and values wherever the canvas can show them, taken from the x-sorted columns (views of them when
         nothing is masked). A numeric colouring is a per-pixel mean, whose floating-point sum depends on the
         order of the points: its points are taken in frame order, as ``coloured`` gives them."""
         f = self.state.frame
         mask = f["id"].isin(selected_ids).to_numpy() if selected_ids else None  # over the frame's rows
+        if keep is not None:  # hidden map layers
+            mask = keep if mask is None else mask & keep
         col = None
         if color_by in CATEGORICAL:
             col, kind = CATEGORICAL[color_by], "cat"
@@ -370,7 +391,8 @@ class MapView(pn.viewable.Viewer):
         """The hover layer's points for the current viewport (the whole map before the first zoom or pan)."""
         xr = tuple(float(v) for v in x_range) if x_range else self._xr
         yr = tuple(float(v) for v in y_range) if y_range else self._yr
-        return hv.Points(_map_index(self.state.frame).hover(xr, yr), ["x", "y"], ["id", "formula"])
+        return hv.Points(_map_index(self.state.frame).hover(xr, yr, self.state.layer_mask()), ["x", "y"],
+                         ["id", "formula"], label="hover")
 
     def _cluster_labels(self, show_clusters=True):
         c = self.state.clusters
@@ -420,7 +442,7 @@ class MapView(pn.viewable.Viewer):
         marks = self._layer(lambda: self._marks(s.placed, s.focus_id)).opts(
             marker="star", size=18, color="#ff00aa", line_color="black", tools=["hover"])
         overlay = (shaded * hover * cands * marks * labels).opts(
-            width=WIDTH, height=HEIGHT, xlabel="UMAP 1", ylabel="UMAP 2", show_legend=False,
+            responsive=True, min_width=MIN_WIDTH, height=HEIGHT, xlabel="UMAP 1", ylabel="UMAP 2", show_legend=False,
             active_tools=["pan", "wheel_zoom"], title="Embedding map (crystal embeddings, UMAP)",
             xlim=self._xr, ylim=self._yr)
         # sourced on the layer that carries the selection tools (an overlay-level source is not linked)
@@ -433,11 +455,32 @@ class MapView(pn.viewable.Viewer):
         # a change re-sends only the layer it affects (see _push), not the whole overlay
         self.param.watch(lambda *_: self._push("shaded"), ["color_by", "prop", "element"])
         s.param.watch(lambda *_: self._push("shaded"), "selected_ids")
+        s.param.watch(lambda *_: (self._push("shaded"), self._push("hover")), "layers")
+        self._range.add_subscriber(self._on_range)
         s.param.watch(lambda *_: self._push("candidates"), "candidates")
         s.param.watch(lambda *_: self._push("marks"), ["placed", "focus_id"])
         self.param.watch(lambda *_: self._push("labels"), "show_clusters")
         s.param.watch(self._on_zoom, "zoom_to")
-        return pn.pane.HoloViews(overlay, css_classes=["mlcm-map"], width=WIDTH, height=HEIGHT, linked_axes=False)
+        return pn.pane.HoloViews(overlay, css_classes=["mlcm-map"], sizing_mode="stretch_width", min_width=MIN_WIDTH,
+                                 height=HEIGHT, linked_axes=False)
+
+    def _on_range(self, x_range=None, y_range=None, **_) -> None:
+        """Keep ``state.map_view`` (the URL's ``view``) at the viewport after a zoom or pan; [] for the whole map."""
+        if not x_range or not y_range:
+            return
+        view = [float(x_range[0]), float(x_range[1]), float(y_range[0]), float(y_range[1])]
+        home = [*self._home[0], *self._home[1]]
+        tol = 1e-6 * max(abs(home[1] - home[0]), abs(home[3] - home[2]))
+        view = [] if all(abs(a - b) <= tol for a, b in zip(view, home)) else view
+        if view != self.state.map_view:
+            self.state.map_view = view
+
+    def reset_view(self, *_) -> None:
+        """The whole map in view (the "r" shortcut)."""
+        (x0, x1), (y0, y1) = self._home
+        self.state.zoom_to = []  # a new request even when it is the last one's extent
+        self.state.zoom_to = [x0, x1, y0, y1]
+        self.state.map_view = []
 
     def _on_zoom(self, event) -> None:
         """Show the extent a search asked for (AppState.find sets zoom_to = [x0, x1, y0, y1]); the map then
@@ -454,7 +497,8 @@ class MapView(pn.viewable.Viewer):
     def _shade_view(self, x_range=None, y_range=None, width=None, height=None, **_):
         """The image for the current viewport, colouring and selection (the shaded layer's callback)."""
         return self._shade(x_range, y_range, width, height, color_by=self.color_by, prop=self.prop,
-                           element=self.element, selected_ids=tuple(self.state.selected_ids)).relabel("shaded")
+                           element=self.element, selected_ids=tuple(self.state.selected_ids),
+                           layers=self.state.layers).relabel("shaded")
 
     def _element(self, layer: str):
         s = self.state
@@ -464,6 +508,8 @@ class MapView(pn.viewable.Viewer):
             return self._candidates(s.candidates)
         if layer == "marks":
             return self._marks(s.placed, s.focus_id)
+        if layer == "hover":
+            return self._hover_view(self._range.x_range, self._range.y_range)
         return self._cluster_labels(self.show_clusters)
 
     def _push(self, layer: str) -> None:
@@ -503,8 +549,8 @@ class MapView(pn.viewable.Viewer):
     def _on_cluster(self, event) -> None:
         if event.new is None:
             return
-        self.state.select_ids(self._cluster_ids[event.new], origin=f"cluster {event.new}")
-        self.state.notify(f"selected {event.new} ({len(self._cluster_ids[event.new])} materials)", "info")
+        ids = self.state.select_cluster(event.new)
+        self.state.notify(f"selected {event.new} ({len(ids)} materials)", "info")
 
     def clear(self, *_):
         self.cluster = None
@@ -517,8 +563,18 @@ class MapView(pn.viewable.Viewer):
             element_symbol(self.element or "O")  # a message for "Xx" (the legend says it too)
 
     # ---- legend -----------------------------------------------------------------------------------
-    @param.depends("color_by", "prop", "element")
+    @param.depends("color_by", "prop", "element", "state.layers")
     def _legend_html(self):
+        return self._legend_body() + self._shown_html()
+
+    def _shown_html(self) -> str:
+        """How many materials the shown layers hold (all of them when no layer is hidden)."""
+        n, total = self.state.n_shown(), len(self.state.frame)
+        hidden = [k for k in self.state.param.layers.objects.values() if k not in self.state.layers]
+        what = f"{n:,} of {total:,} materials shown" + (f" (hidden: {', '.join(hidden)})" if hidden else "")
+        return f"<div class='mlcm-map-shown' style='font-size:12px;color:#555'>{what}</div>"
+
+    def _legend_body(self):
         f = self.state.frame
         grey = "<span style='color:#999'>grey: not selected or no value</span>"
         if self.color_by in CATEGORICAL:
@@ -555,14 +611,19 @@ class MapView(pn.viewable.Viewer):
     def controls(self) -> pn.Column:
         clear = pn.widgets.Button(label="Clear selection", color="default")
         clear.on_click(self.clear)
+        layers = pn.widgets.CheckBoxGroup.from_param(self.state.param.layers, name="Show on the map",
+                                                     inline=False, css_classes=["mlcm-layers"])
         return pn.Column(
-            pn.widgets.Select.from_param(self.param.color_by, label="Colour by"),
+            pn.pane.Markdown("**Show on the map**", margin=(0, 10)), layers,
+            pn.widgets.Select.from_param(self.param.color_by, label="Colour by", css_classes=["mlcm-color-by"]),
             pn.widgets.Select.from_param(self.param.prop, label="Property"),
             pn.widgets.TextInput.from_param(self.param.element, label="Element (for 'element present')"),
             pn.widgets.Checkbox.from_param(self.param.show_clusters, label="Label clusters"),
             pn.widgets.Select.from_param(self.param.cluster, label="Select a cluster (HDBSCAN)", size=6),
             clear,
+            pn.pane.Markdown("Keys: " + SHORTCUTS_TEXT,
+                             css_classes=["mlcm-keys"], styles={"font-size": "11px", "color": "#555"}, margin=(0, 10)),
         )
 
     def __panel__(self):
-        return pn.Column(self._plot, self._legend, width=WIDTH + 20)
+        return pn.Column(self._plot, self._legend, sizing_mode="stretch_width", min_width=MIN_WIDTH)

@@ -34,6 +34,12 @@ class SearchView(pn.viewable.Viewer):
         self._button.on_click(self.search)
         self._result = LiveMarkdown("", css_classes=["mlcm-find-result"], margin=(0, 10),
                                     sizing_mode="stretch_width")
+        self.state.param.watch(self._on_reset, "resets")
+
+    def _on_reset(self, *_) -> None:
+        """AppState.reset: an empty box and no result line."""
+        self._box.param.update(value="", value_input="")
+        self._result.object = ""
 
     def text(self) -> str:
         """What the box holds: the text as typed so far (``value`` is only synced on Enter or leaving the box)."""

@@ -78,9 +78,9 @@ class TargetDOSView(pn.viewable.Viewer):
         return hv.Curve((DOS_ENERGIES, np.asarray(target["dos"])), "E", "DOS", label="target")
 
     def own_candidates(self) -> pd.DataFrame | None:
-        """The candidates when they are the current target's search result, else None."""
-        s = self.state
-        return s.candidates if s.target and s.candidates_origin == s.target_origin() else None
+        """The candidates when they are the current target's search result, else None (AppState.target_candidates:
+        an earlier stroke's candidates are not drawn over a new stroke, though both are labelled "drawn")."""
+        return self.state.target_candidates()
 
     def candidate_curves(self, candidates: pd.DataFrame | None, target: dict | None) -> list[dict]:
         if candidates is None or candidates.empty:
@@ -150,6 +150,7 @@ class TargetDOSView(pn.viewable.Viewer):
             title="Target DOS: draw left→right with the mouse (freehand tool)")
         self.state.param.watch(self._push, ["target", "candidates", "validation"])
         self.state.param.watch(self._on_target, "target")
+        self.state.param.watch(self._on_reset, "resets")
         return pn.pane.HoloViews(overlay, css_classes=["mlcm-draw"], sizing_mode="stretch_width", min_width=360,
                                  height=HEIGHT, linked_axes=False)
 
@@ -214,16 +215,18 @@ class TargetDOSView(pn.viewable.Viewer):
         self.use_curve(f"CSV {self._csv.filename}", x, y)
 
     def clear(self, *_):
-        """No target, no stroke, and none of the target's candidates (they would stay listed and drawn)."""
-        s = self.state
-        if s.candidates is not None and s.candidates_origin == s.target_origin():
-            s.clear_candidates()
-        if s.target:
-            s.param.update(target=None, validation=None)  # _on_target removes the stroke
-        else:
+        """No target, no stroke, and none of a DOS search's candidates (AppState.clear_target)."""
+        had_target = bool(self.state.target)
+        self.state.clear_target()  # _on_target removes the stroke
+        if not had_target:
             self.clear_count += 1  # a refused stroke is no target but still drawn
-            s.validation = None
-        s.notify("target cleared", "info")
+        self.state.notify("target cleared", "info")
+
+    def _on_reset(self, *_) -> None:
+        """AppState.reset: no stroke, the material box and the CSV input empty, search on draw again."""
+        self.param.update(material_id="", search_on_draw=True, clear_count=self.clear_count + 1)
+        self._csv.param.update(value=None, filename=None)
+        self._csv.clear()
 
     @param.depends("state.target", "state.candidates", "state.validation")
     def _status_text(self):
@@ -232,8 +235,9 @@ class TargetDOSView(pn.viewable.Viewer):
         if not t:
             return "_No target yet._"
         if c is None and self.state.candidates is not None:
+            earlier = " (an earlier target)" if self.state.candidates_origin == self.state.target_origin() else ""
             return (f"Target (black dashed): **{t['label']}** ({len(t['x'])} points). The candidates below are from "
-                    f"{self.state.candidates_origin}, not this target: search to get its candidates.")
+                    f"{self.state.candidates_origin}{earlier}, not this target: search to get its candidates.")
         n = 0 if c is None else len(c)
         with_dos = 0 if c is None else int(c["has_dos"].sum())
         return (f"Target (black dashed): **{t['label']}** ({len(t['x'])} points). {n} candidates, {with_dos} with a "
@@ -252,7 +256,8 @@ class TargetDOSView(pn.viewable.Viewer):
                                                    css_classes=["mlcm-material-id"])
         material.param.watch(self.use_material, "enter_pressed")  # Enter does what the button does
         return pn.Column(
-            pn.widgets.Checkbox.from_param(self.param.search_on_draw, label="search as soon as a stroke ends"),
+            pn.widgets.Checkbox.from_param(self.param.search_on_draw, label="search as soon as a stroke ends",
+                                           css_classes=["mlcm-search-on-draw"]),
             material,
             use,
             pn.pane.Markdown("Upload a DOS CSV (energy eV, DOS):", margin=(0, 10)),

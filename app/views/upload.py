@@ -18,12 +18,18 @@ class UploadView(pn.viewable.Viewer):
                                            css_classes=["mlcm-cif-upload"])
         self._input.param.watch(self._on_upload, "value")
         self._info = LiveMarkdown(self._text, css_classes=["mlcm-placed"])
+        self.state.param.watch(self._on_reset, "resets")
 
     @guarded("structure upload")
     def _on_upload(self, event):
         if event.new is None:
             return
         self.place(event.new, self._input.filename or "upload.cif")
+
+    def _on_reset(self, *_) -> None:
+        """AppState.reset: the file input empty (the same file uploaded again is a new upload)."""
+        self._input.param.update(value=None, filename=None)
+        self._input.clear()
 
     def place(self, data: bytes, filename: str) -> dict:
         return self.state.place_upload(data, filename)

@@ -226,11 +226,31 @@ def _in_a_running_loop(body) -> None:
     (the freehand stroke's, on a change of its source) are scheduled with ``asyncio.create_task``."""
     import asyncio
 
+    import threading
+
     async def main() -> None:
         body()
         await asyncio.sleep(0.05)
 
-    asyncio.run(main())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(main())
+        return
+    # browser tests ran first in this process: Playwright's loop already runs in this thread, so a thread of its own
+    errors: list[BaseException] = []
+    worker = threading.Thread(target=lambda: _capture(errors, lambda: asyncio.run(main())))
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
+
+
+def _capture(errors: list, fn) -> None:
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+        errors.append(e)
 
 
 def _render(view: TargetDOSView):

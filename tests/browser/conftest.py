@@ -57,7 +57,11 @@ FRAME_JS = """(title) => {
     if (!v || seen.has(v)) return; seen.add(v);
     const m = v.model;
     if (m && m.title && m.title.text && m.title.text.startsWith(title) && v.frame && v.canvas_view) {
-      const c = v.canvas_view.el.getBoundingClientRect();
+      let c = v.canvas_view.el.getBoundingClientRect();
+      if (c.top < 0 || c.bottom > window.innerHeight || c.left < 0 || c.right > window.innerWidth) {
+        v.canvas_view.el.scrollIntoView({block: "center", inline: "center"});  // below the map on narrow windows
+        c = v.canvas_view.el.getBoundingClientRect();
+      }
       res = {left: c.left + v.frame.bbox.left, top: c.top + v.frame.bbox.top, width: v.frame.bbox.width,
              height: v.frame.bbox.height, x0: m.x_range.start, x1: m.x_range.end, y0: m.y_range.start,
              y1: m.y_range.end, finished: v.has_finished ? v.has_finished() : true};
