@@ -153,7 +153,9 @@ def _mae(pred: np.ndarray, idx: np.ndarray, y: np.ndarray) -> float:
 
 
 def _sigma_scale(err: np.ndarray, sigma: np.ndarray) -> float:
-    return float(np.quantile(np.abs(err) / np.maximum(sigma, 1e-12), 0.6827)) if len(err) >= 10 else 1.0
+    from mlcm_core.explore.predict import sigma_scale
+
+    return sigma_scale(err, sigma) if len(err) >= 10 else 1.0
 
 
 def add_classical(heads_dir: str | Path, store: DatasetStore | str | Path, *,

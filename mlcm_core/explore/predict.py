@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from mlcm_core.explore.classical import ClassicalConfig
 
 __all__ = ["HEADS_DIR", "HEAD_TARGETS", "HeadsError", "PropertyPredictor", "build_heads", "natural_units",
-           "verify_heads"]
+           "sigma_scale", "verify_heads"]
 
 HEADS_DIR = "heads"
 HEAD_TARGETS: tuple[str, ...] = ("band_gap", "formation_energy_per_atom", "log10_k_vrh", "log10_g_vrh")
@@ -409,6 +409,11 @@ def build_heads(store: DatasetStore | str | Path, runs: Mapping[str, str | Path]
     return out_dir
 
 
+def sigma_scale(err: np.ndarray, sigma: np.ndarray) -> float:
+    """The factor that makes ``sigma`` cover 68.27 % of ``|err|`` (a Gaussian's 1σ), fitted on validation rows."""
+    return float(np.quantile(np.abs(err) / np.maximum(sigma, 1e-12), 0.6827))
+
+
 def _fit_sigma_scales(store: DatasetStore, predictor: PropertyPredictor, specs: list[dict[str, Any]],
                       runs: Mapping[str, str | Path], cache_dir: str | Path | None, progress: bool) -> None:
     """Per target: σ scale fitted on the validation split, and the test coverage it then gives (in place)."""
@@ -428,8 +433,7 @@ def _fit_sigma_scales(store: DatasetStore, predictor: PropertyPredictor, specs: 
                                    progress=progress)
             ok = [k for k in range(len(ids)) if ds.has["crystal"][k]]
             mean, std = predictor.predict_graphs([ds[k].graph for k in ok], calibrated=False)[spec["name"]]
-            ratio = np.abs(mean - y[ok]) / np.maximum(std, 1e-12)
-            scale = float(np.quantile(ratio, 0.6827))
+            scale = sigma_scale(mean - y[ok], std)
         spec["sigma_scale"] = scale
         pred = pd.read_csv(Path(run) / "predictions.csv")
         cal = calibration(pred["y_true"], pred["y_pred"], pred["y_std"] * scale)

@@ -352,18 +352,10 @@ class MultimodalBatch:
         """``inputs["dos"]``, (B, 601)."""
         return self.inputs["dos"]
 
-    @dos.setter
-    def dos(self, value: Tensor) -> None:
-        self.inputs["dos"] = value
-
     @property
     def density(self) -> Tensor:
         """``inputs["density"]``, (B, 32, 32, 32)."""
         return self.inputs["density"]
-
-    @density.setter
-    def density(self, value: Tensor) -> None:
-        self.inputs["density"] = value
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MultimodalBatch:
         return MultimodalBatch(
