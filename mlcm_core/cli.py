@@ -290,11 +290,12 @@ def cmd_heads_build(args: argparse.Namespace) -> int:
     from mlcm_core.train.finetune import finetune
 
     config = FinetuneConfig.from_yaml(args.config)
+    pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     runs = {}
     for target in args.targets or HEAD_TARGETS:
         run = args.runs / target
-        if not (run / "result.json").exists():  # resumable: finished targets are reused
-            finetune(args.store, replace(config, out_dir=str(run)), target, pretrained=args.pretrained)
+        if not (run / "result.json").exists():  # resumable: finished targets (and members) are reused
+            finetune(args.store, replace(config, out_dir=str(run)), target, pretrained=pretrained)
         runs[target] = run
     out = build_heads(args.store, runs, args.out, classical=None if args.no_classical else ClassicalConfig(),
                       descriptor_cache=DESCRIPTOR_CACHE)
@@ -543,7 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     heads = sub.add_parser("heads", help="property heads (fine-tuned ensembles) for predictions").add_subparsers(
         dest="heads_command", required=True)
     p = heads.add_parser("build", help="fine-tune an ensemble per target (resumable) and write the heads folder")
-    p.add_argument("--pretrained", type=Path, default=Path("precomputed/checkpoint"))
+    p.add_argument("--pretrained", type=Path, default=Path("precomputed/checkpoint"),
+                   help="pre-trained checkpoint whose crystal encoder is fine-tuned; 'none': train from scratch "
+                        "(configs/heads_scratch.yaml)")
     p.add_argument("--config", type=Path, default=Path("configs/heads_cpu.yaml"))
     p.add_argument("--store", type=Path, default=DEFAULT_STORE)
     p.add_argument("--runs", type=Path, default=Path("var/runs/heads"), help="fine-tuning runs, one folder per target")

@@ -121,3 +121,23 @@ def test_mlcm_app_prepare_caches_the_map_clusters(tmp_path, monkeypatch, capsys)
     clusters = ex.map_clusters(cache_dir=tmp_path / "clusters")
     assert f"prepared: {len(clusters)} map clusters cached" in capsys.readouterr().out and len(clusters) >= 5
     assert len(list((tmp_path / "clusters").glob("*.npy"))) == 1  # the same key: read, not recomputed
+
+
+def test_heads_build_from_scratch_passes_no_checkpoint(monkeypatch, tmp_path, capsys):
+    """`--pretrained none` (configs/heads_scratch.yaml's recipe) fine-tunes without a pre-trained encoder."""
+    import mlcm_core.explore.predict as predict
+    import mlcm_core.train.finetune as ft
+
+    calls: list[tuple[str, object, float]] = []
+    monkeypatch.setattr(ft, "finetune", lambda store, cfg, target, pretrained: calls.append((target, pretrained,
+                                                                                           cfg.lr)))
+
+    def fake_build(store, runs, out, **kwargs):
+        out.mkdir(parents=True)
+        (out / "manifest.json").write_text(json.dumps({"targets": []}))
+        return out
+
+    monkeypatch.setattr(predict, "build_heads", fake_build)
+    assert main(["heads", "build", "--pretrained", "none", "--config", str(ROOT / "configs/heads_scratch.yaml"),
+                 "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "heads"), "--targets", "band_gap"]) == 0
+    assert calls == [("band_gap", None, 2e-3)]

@@ -265,6 +265,35 @@ def _train_member(member: int, cfg: FinetuneConfig, enc_cfg: CrystalEncoderConfi
     return model, best_epoch, best_mae
 
 
+# config fields that do not change what member k learns (its seed is config.seed + k whatever the ensemble size)
+_NOT_THE_MEMBERS = frozenset({"out_dir", "ensemble", "log_every", "device", "num_workers", "graph_cache_dir"})
+
+
+def _finished_member(path: Path, config: FinetuneConfig, enc_cfg: CrystalEncoderConfig, column: str,
+                     stats: tuple[float, float], device: torch.device,
+                     ) -> tuple[PropertyRegressor, int, float, list[dict[str, float]]] | None:
+    """A member an earlier run of this config saved at ``path`` (model, best epoch, val MAE, history), or None.
+
+    Why: an ensemble of from-scratch members takes hours on 2 cores, longer than a session; each finished member
+    is kept. One saved by a different config, target or training-row statistics is an error, not reused.
+    """
+    from mlcm_core.train.checkpoint import META_FILE, load_checkpoint, read_checkpoint_info
+
+    if not (path / META_FILE).exists():
+        return None
+    info = read_checkpoint_info(path)
+    mine = {k: v for k, v in config.to_dict().items() if k not in _NOT_THE_MEMBERS}
+    theirs = {k: v for k, v in (info.train_config or {}).items() if k not in _NOT_THE_MEMBERS}
+    same_rows = np.allclose([info.extra.get("y_mean", np.nan), info.extra.get("y_std", np.nan)], stats)
+    if mine != theirs or info.extra.get("column") != column or not same_rows or "val_mae" not in info.extra:
+        raise ValueError(f"{path} holds a member of another fine-tuning (config, target or training rows differ): "
+                         "use another out_dir, or remove it to retrain")
+    model = PropertyRegressor(enc_cfg, config.head_hidden, config.head_layers, config.head_dropout)
+    load_checkpoint(path, model)
+    log.info("resumed %s (best epoch %d, val MAE %.4g)", path, info.epoch, info.extra["val_mae"])
+    return model.to(device), info.epoch, float(info.extra["val_mae"]), list(info.extra.get("history", []))
+
+
 def finetune(store: DatasetStore | str | Path, config: FinetuneConfig, target: str,
              pretrained: Path | str | None = None, *, progress: bool = True) -> FinetuneResult:
     """Fit crystal encoder + MLP head on one label of the train split; report validation and test MAE.
@@ -321,17 +350,24 @@ def finetune(store: DatasetStore | str | Path, config: FinetuneConfig, target: s
     test_loader = DataLoader(subsets["test"], batch_size=config.batch_size, collate_fn=collate_multimodal) \
         if subsets["test"] is not None else None
     for member in range(config.ensemble):
-        model, best_epoch, val_mae = _train_member(member, config, enc_cfg, weights, subsets["train"], subsets["val"],
-                                                   spec.column, (mean, std), device, history)
+        path = out / f"model-{member}"
+        done = _finished_member(path, config, enc_cfg, spec.column, (mean, std), device)
+        if done is not None:  # resumed: this member was trained by an earlier (interrupted) run of the same config
+            model, best_epoch, val_mae, rows = done
+            history.extend(rows)
+        else:
+            start = len(history)
+            model, best_epoch, val_mae = _train_member(member, config, enc_cfg, weights, subsets["train"],
+                                                       subsets["val"], spec.column, (mean, std), device, history)
+            save_checkpoint(path, model, config=enc_cfg, step=0, epoch=best_epoch, train_config=config,
+                            extra={"target": spec.name, "column": spec.column, "transform": spec.transform,
+                                   "unit": spec.unit, "y_mean": mean, "y_std": std,
+                                   "graph_config": asdict(graph_cfg), "head_hidden": config.head_hidden,
+                                   "head_layers": config.head_layers, "head_dropout": config.head_dropout,
+                                   "pretrained": str(pretrained) if pretrained is not None else None,
+                                   "val_mae": val_mae, "history": history[start:]})
         best_epochs.append(best_epoch)
         val_maes.append(val_mae)
-        path = save_checkpoint(out / f"model-{member}", model, config=enc_cfg, step=0, epoch=best_epoch,
-                               train_config=config,
-                               extra={"target": spec.name, "column": spec.column, "transform": spec.transform,
-                                      "unit": spec.unit, "y_mean": mean, "y_std": std,
-                                      "graph_config": asdict(graph_cfg), "head_hidden": config.head_hidden,
-                                      "head_layers": config.head_layers, "head_dropout": config.head_dropout,
-                                      "pretrained": str(pretrained) if pretrained is not None else None})
         checkpoints.append(path)
         if test_loader is not None:
             m, s = _predict(model, test_loader, device, config.mc_dropout)

@@ -100,3 +100,18 @@ def test_mlcm_embed_by_scheduler_address(tiny, client, tmp_path, capsys):
         tables[name] = EmbeddingTable.load(explore, expected_sha256=manifest["files"]["embeddings.npz"])
     _assert_same_table(tables["local"], tables["dask"])
     assert tables["dask"].meta["checkpoint_path"] == "model"  # the staged copy, made relative as in process
+
+
+def _worker_diagnostics() -> dict:
+    import dask
+
+    return {key: dask.config.get(key) for key in ("distributed.worker.profile.enabled",
+                                                  "distributed.admin.tick.interval")}
+
+
+def test_local_cluster_workers_run_with_thinned_diagnostics(client):
+    """The worker processes got LOCAL_CLUSTER_CONFIG (their profiler off: 5 % of 2 cores in a campaign)."""
+    per_worker = client.run(_worker_diagnostics)
+    assert len(per_worker) == 2
+    for cfg in per_worker.values():
+        assert cfg == {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s"}

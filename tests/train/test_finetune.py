@@ -72,3 +72,34 @@ def test_pretrained_without_crystal_encoder_is_rejected(tiny_store, tiny_config,
     ckpt = pretrain(tiny_store, cfg, progress=False)
     with pytest.raises(ValueError, match="no crystal encoder"):
         finetune(tiny_store, ft_config, "band_gap", pretrained=ckpt, progress=False)
+
+
+def test_interrupted_ensemble_resumes_its_finished_members(tiny_store, ft_config, monkeypatch):
+    """A member saved by an earlier run of the same config is reused (not retrained); the result is the same."""
+    import shutil
+
+    import mlcm_core.train.finetune as ft
+
+    cfg = replace(ft_config, ensemble=2)
+    first = finetune(tiny_store, cfg, "formation_energy_per_atom", progress=False)
+    weights0 = (first.out_dir / "model-0" / "model.safetensors").read_bytes()
+    shutil.rmtree(first.out_dir / "model-1")  # as if the run had stopped while training member 1
+    (first.out_dir / "result.json").unlink()
+
+    trained: list[int] = []
+    real = ft._train_member
+
+    def spy(member, *args):
+        trained.append(member)
+        return real(member, *args)
+
+    monkeypatch.setattr(ft, "_train_member", spy)
+    again = finetune(tiny_store, cfg, "formation_energy_per_atom", progress=False)
+    assert trained == [1]
+    assert (again.out_dir / "model-0" / "model.safetensors").read_bytes() == weights0
+    assert again.best_epochs == first.best_epochs and again.val_mae == pytest.approx(first.val_mae)
+    np.testing.assert_allclose(again.predictions["y_pred"], first.predictions["y_pred"], rtol=1e-5, atol=1e-6)
+    assert [r["member"] for r in again.history].count(0) == cfg.epochs  # member 0's history came back too
+
+    with pytest.raises(ValueError, match="another fine-tuning"):
+        finetune(tiny_store, replace(cfg, lr=1e-3), "formation_energy_per_atom", progress=False)
