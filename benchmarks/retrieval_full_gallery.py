@@ -45,7 +45,7 @@ def measure(checkpoint: Path, store: Any, explore: Path, split: str, cache_dir: 
     """Both tables for one checkpoint (+ provenance and checks)."""
     from mlcm_core.evaluate.full_gallery import embed_crystal_gallery, evaluate_full_gallery, gallery_from_table
     from mlcm_core.explore.embed import EmbeddingTable, load_model_verified
-    from mlcm_core.train.checkpoint import read_checkpoint_info
+    from mlcm_core.models.checkpoint import read_checkpoint_info
 
     t0 = time.perf_counter()
     model, desc = load_model_verified(checkpoint)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlcm_core.data.store import DatasetStore
     from mlcm_core.evaluate.full_gallery import pretraining_ids
-    from mlcm_core.train.checkpoint import read_checkpoint_info
+    from mlcm_core.models.checkpoint import read_checkpoint_info
 
     torch.set_num_threads(args.threads)
     store = DatasetStore.open(args.store)

@@ -115,7 +115,7 @@ def test_extra_modality_end_to_end(xrd, small_store, tmp_path):
     from mlcm_core.explore.explorer import Explorer
     from mlcm_core.featurize.dataset import MultimodalDataset, collate_multimodal
     from mlcm_core.models.multimodal import MultimodalConfig, MultimodalModel
-    from mlcm_core.train.checkpoint import read_checkpoint_info
+    from mlcm_core.models.checkpoint import read_checkpoint_info
     from mlcm_core.train.config import TrainConfig
     from mlcm_core.train.pretrain import compute_loss, pretrain
 

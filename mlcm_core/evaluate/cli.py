@@ -90,7 +90,7 @@ def _ship_best(ablation: Mapping[str, Any] | None, dest: Path, seed: int, log: C
                ) -> dict[str, Any]:
     """Copy the pre-trained weights of the method chosen on validation (first seed) to ``dest``."""
     from mlcm_core.evaluate.ablation import select_method
-    from mlcm_core.train.checkpoint import export_checkpoint, read_checkpoint_info
+    from mlcm_core.models.checkpoint import export_checkpoint, read_checkpoint_info
 
     if not ablation:
         raise ValueError("--ship needs the ablation (do not pass --methods none)")
@@ -167,7 +167,7 @@ def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | No
         checkpoint = ship
     if checkpoint is not None:
         from mlcm_core.models.multimodal import MultimodalModel
-        from mlcm_core.train.checkpoint import read_checkpoint_info
+        from mlcm_core.models.checkpoint import read_checkpoint_info
 
         log(f"[evaluate] checkpoint {checkpoint}")
         info = read_checkpoint_info(checkpoint)

@@ -125,7 +125,7 @@ def embed_crystal_gallery(checkpoint: str | Path, store: DatasetStore, *, cache_
     """
     from mlcm_core.explore.embed import EmbeddingTable, embed_store
     from mlcm_core.io import sha256_file
-    from mlcm_core.train.checkpoint import WEIGHTS_FILE, read_checkpoint_info
+    from mlcm_core.models.checkpoint import WEIGHTS_FILE, read_checkpoint_info
 
     cached: Path | None = None
     if cache_dir is not None:

@@ -45,7 +45,7 @@ DEFAULT_RUN = Path(__file__).resolve().parents[2] / "var" / "runs" / "pt_allpair
 
 def default_checkpoint(run_dir: str | Path = DEFAULT_RUN) -> Path:
     """The latest checkpoint of the pre-training run (var/runs/pt_allpairs by default)."""
-    from mlcm_core.train.checkpoint import latest_checkpoint
+    from mlcm_core.models.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
@@ -55,7 +55,7 @@ def default_checkpoint(run_dir: str | Path = DEFAULT_RUN) -> Path:
 
 def _copy_checkpoint(checkpoint: str | Path, dest: Path) -> Path:
     """Copy weights + checkpoint.json (not the optimizer state) and verify the copy against checkpoint.json."""
-    from mlcm_core.train.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointChecksumError, read_checkpoint_info
+    from mlcm_core.models.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointChecksumError, read_checkpoint_info
 
     info = read_checkpoint_info(checkpoint)
     dest.mkdir(parents=True, exist_ok=True)

@@ -152,7 +152,7 @@ def load_model_verified(checkpoint: str | Path) -> tuple[MultimodalModel, dict[s
     swapped in between is caught); the model is then loaded by the checkpoint module, which checks it again.
     """
     from mlcm_core.models.multimodal import MultimodalModel
-    from mlcm_core.train.checkpoint import WEIGHTS_FILE, CheckpointError, read_checkpoint_info
+    from mlcm_core.models.checkpoint import WEIGHTS_FILE, CheckpointError, read_checkpoint_info
 
     info = read_checkpoint_info(checkpoint)
     weights = info.path / WEIGHTS_FILE
@@ -223,7 +223,7 @@ WORKER_LOADS: list[tuple[str, str]] = []  # (path, sha256) of every model this p
 def _worker_model(checkpoint: str, sha256: str) -> MultimodalModel:
     """This process's copy of the model, loaded on first use and verified against the client's SHA-256
     (a worker that sees other weights at that path, e.g. without a shared filesystem, fails loudly)."""
-    from mlcm_core.train.checkpoint import CheckpointError
+    from mlcm_core.models.checkpoint import CheckpointError
 
     key = (checkpoint, sha256)
     with _WORKER_LOCK:

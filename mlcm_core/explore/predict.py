@@ -213,7 +213,7 @@ class PropertyPredictor:
     def _load_members(self) -> tuple[dict[str, list[Any]], Any]:
         from mlcm_core.featurize.crystal_graph import CrystalGraphConfig
         from mlcm_core.models.crystal import CrystalEncoderConfig
-        from mlcm_core.train.checkpoint import load_state_dict_checked, load_weights, read_checkpoint_info
+        from mlcm_core.models.checkpoint import load_state_dict_checked, load_weights, read_checkpoint_info
         from mlcm_core.train.finetune import PropertyRegressor
 
         members, graph_config = {}, None

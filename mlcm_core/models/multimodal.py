@@ -288,15 +288,15 @@ class MultimodalModel(nn.Module):
     # -- persistence ----------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path, *, step: int = 0, epoch: int = 0,
                         extra: Mapping[str, Any] | None = None) -> Path:
-        """Weights (safetensors) + config JSON in the directory ``path`` (see mlcm_core.train.checkpoint)."""
-        from mlcm_core.train.checkpoint import save_checkpoint
+        """Weights (safetensors) + config JSON in the directory ``path`` (see mlcm_core.models.checkpoint)."""
+        from mlcm_core.models.checkpoint import save_checkpoint
 
         return save_checkpoint(path, self, step=step, epoch=epoch, extra=extra)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MultimodalModel:
         """Rebuild the model from a checkpoint directory written by ``save_checkpoint`` / pre-training."""
-        from mlcm_core.train.checkpoint import META_FILE, CheckpointError, load_checkpoint, read_checkpoint_info
+        from mlcm_core.models.checkpoint import META_FILE, CheckpointError, load_checkpoint, read_checkpoint_info
 
         info = read_checkpoint_info(path)
         try:

@@ -8,7 +8,8 @@ of optimisers, schedules and process groups.
     ckpt = pretrain("precomputed/dataset", TrainConfig(out_dir="var/runs/pt"))
     result = finetune("precomputed/dataset", FinetuneConfig(), "band_gap", pretrained=ckpt)
 
-Heavy modules are imported lazily so that ``import mlcm_core.train`` stays cheap.
+Heavy modules are imported lazily so that ``import mlcm_core.train`` stays cheap. The checkpoint format
+lives beside the models (``mlcm_core.models.checkpoint``): loading a model needs it, training does not own it.
 """
 
 from __future__ import annotations
@@ -16,27 +17,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mlcm_core.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from mlcm_core.train.config import FinetuneConfig, TrainConfig
     from mlcm_core.train.finetune import FinetuneResult, finetune
     from mlcm_core.train.pretrain import pretrain
     from mlcm_core.train.schedule import lr_at, warmup_cosine_schedule
 
 __all__ = [
-    "CheckpointError",
     "FinetuneConfig",
     "FinetuneResult",
     "TrainConfig",
     "finetune",
-    "load_checkpoint",
     "lr_at",
     "pretrain",
-    "save_checkpoint",
     "warmup_cosine_schedule",
 ]
 
 _WHERE = {
-    "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "FinetuneConfig": "config", "TrainConfig": "config",
     "FinetuneResult": "finetune", "finetune": "finetune",
     "pretrain": "pretrain",

@@ -54,7 +54,7 @@ from mlcm_core.losses import get_loss
 from mlcm_core.models.density import random_periodic_translation
 from mlcm_core.models.dos import augment_dos
 from mlcm_core.models.multimodal import MultimodalModel
-from mlcm_core.train.checkpoint import (
+from mlcm_core.models.checkpoint import (
     get_rng_state,
     latest_checkpoint,
     load_checkpoint,

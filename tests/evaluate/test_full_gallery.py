@@ -120,7 +120,7 @@ def test_pair_table_identical_vectors_rank_first_and_chance(default_store):
 @pytest.fixture(scope="module")
 def shipped(default_store):
     from mlcm_core.explore.embed import EmbeddingTable, load_model_verified
-    from mlcm_core.train.checkpoint import read_checkpoint_info
+    from mlcm_core.models.checkpoint import read_checkpoint_info
 
     model, desc = load_model_verified(SHIPPED)
     table = EmbeddingTable.load(TABLE)

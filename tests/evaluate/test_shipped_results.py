@@ -23,7 +23,7 @@ def results() -> dict:
 
 
 def test_results_describe_the_shipped_checkpoint(results):
-    from mlcm_core.train.checkpoint import read_checkpoint_info
+    from mlcm_core.models.checkpoint import read_checkpoint_info
 
     shipped = results["shipped"]
     assert results["budget"]["name"] != "quick" and len(results["seeds"]) >= 3

@@ -68,7 +68,7 @@ def test_dask_chunks_equal_the_in_process_table(tiny, client, tmp_path):
 def test_worker_refuses_other_weights_at_the_path(tiny, client, tmp_path):
     """A worker whose file at the checkpoint path is not the client's weights fails instead of embedding."""
     from mlcm_core.explore.embed import embed_chunk_task
-    from mlcm_core.train.checkpoint import CheckpointError
+    from mlcm_core.models.checkpoint import CheckpointError
 
     store, ckpt, _ = tiny
     shards = tuple(sh["name"] for sh in store.manifest["shards"])

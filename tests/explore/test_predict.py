@@ -20,7 +20,7 @@ def _members_by_hand(store, heads_dir, target, material_id):
     """Each member's prediction for one structure, loaded and run without PropertyPredictor."""
     from mlcm_core.featurize.crystal_graph import CrystalGraphConfig, collate_graphs, structure_to_graph
     from mlcm_core.models.crystal import CrystalEncoderConfig
-    from mlcm_core.train.checkpoint import load_weights, read_checkpoint_info
+    from mlcm_core.models.checkpoint import load_weights, read_checkpoint_info
     from mlcm_core.train.finetune import PropertyRegressor
 
     out = []

@@ -158,7 +158,7 @@ def training_checkpoint(tmp_path_factory):
     import torch
 
     from mlcm_core.models.multimodal import MultimodalConfig, MultimodalModel
-    from mlcm_core.train.checkpoint import get_rng_state, save_checkpoint
+    from mlcm_core.models.checkpoint import get_rng_state, save_checkpoint
 
     torch.manual_seed(0)
     model = MultimodalModel(MultimodalConfig.cpu().with_overrides(TINY_MODEL))

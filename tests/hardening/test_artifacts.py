@@ -21,7 +21,7 @@ from mlcm_core.data.store import ChecksumError, DatasetStore, StoreError
 from mlcm_core.explore import Explorer, ExplorerError
 from mlcm_core.explore.resample import MAX_POINTS, DrawnDOSError, resample_polyline
 from mlcm_core.models.multimodal import MultimodalConfig, MultimodalModel
-from mlcm_core.train.checkpoint import CheckpointError, load_checkpoint, load_training_state, load_weights
+from mlcm_core.models.checkpoint import CheckpointError, load_checkpoint, load_training_state, load_weights
 
 from .conftest import TINY_MODEL, copy_tree, rewrite_manifest_digest, tree_digest
 
@@ -116,7 +116,7 @@ def test_wrong_shapes_and_missing_tensors_name_the_tensor(tiny_checkpoint):
                                                      density={**TINY_MODEL["density"], "out_dim": 8}))
     tensors = load_weights(tiny_checkpoint)
     model = _tiny_model()
-    from mlcm_core.train.checkpoint import load_state_dict_checked
+    from mlcm_core.models.checkpoint import load_state_dict_checked
 
     partial = dict(list(tensors.items())[1:])
     with pytest.raises(CheckpointError, match=r"missing tensors \['"):

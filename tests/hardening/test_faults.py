@@ -71,7 +71,7 @@ def _log_rows(run: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_kill9_during_pretrain_then_resume_continues_at_the_checkpoint(tiny_store, tmp_path):
     from mlcm_core.models.multimodal import MultimodalModel
-    from mlcm_core.train.checkpoint import latest_checkpoint, read_checkpoint_info
+    from mlcm_core.models.checkpoint import latest_checkpoint, read_checkpoint_info
     from mlcm_core.train.config import TrainConfig
 
     run, epochs = tmp_path / "run", 10

@@ -36,7 +36,7 @@ from mlcm_core.data.store import DatasetStore, StoreError
 from mlcm_core.dft.validate import read_target_dos
 from mlcm_core.explore import Explorer, ExplorerError
 from mlcm_core.explore.resample import DrawnDOSError, resample_polyline
-from mlcm_core.train.checkpoint import CheckpointError
+from mlcm_core.models.checkpoint import CheckpointError
 
 from .conftest import copy_tree, rewrite_manifest_digest
 from .make_corpus import OUT

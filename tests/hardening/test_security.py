@@ -28,7 +28,7 @@ import torch
 
 from mlcm_core.data.sources.structure_files import StructureFileError, StructureFileLimits, read_structure_file
 from mlcm_core.explore import Explorer, ExplorerError, ExportPathError
-from mlcm_core.train.checkpoint import CheckpointError, load_checkpoint, load_training_state, load_weights
+from mlcm_core.models.checkpoint import CheckpointError, load_checkpoint, load_training_state, load_weights
 
 from .conftest import ROOT, copy_tree, rewrite_manifest_digest
 
@@ -228,7 +228,7 @@ def test_yaml_config_cannot_construct_objects(tmp_path, marker):
 
 
 SAFE_LOADERS = {  # file -> the deserialising calls it may make; each is documented in docs/reliability.md
-    "mlcm_core/train/checkpoint.py": ["torch.load(state_path, map_location=map_location, weights_only=True)"],
+    "mlcm_core/models/checkpoint.py": ["torch.load(state_path, map_location=map_location, weights_only=True)"],
     "mlcm_core/featurize/dataset.py": ["torch.load(path, map_location='cpu', weights_only=True)"],
     "mlcm_core/explore/embed.py": ["np.load(path, allow_pickle=False)"],
     "mlcm_core/explore/projection.py": ["np.load(path, allow_pickle=False)"],

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mlcm_core.models.multimodal import MultimodalConfig, MultimodalModel
-from mlcm_core.train.checkpoint import (
+from mlcm_core.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_weights,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcm_core.train.checkpoint import read_checkpoint_info
+from mlcm_core.models.checkpoint import read_checkpoint_info
 from tests._app_server import free_port
 from mlcm_core.train.config import TrainConfig
 

@@ -12,7 +12,7 @@ import torch
 
 from mlcm_core.featurize.dataset import MultimodalDataset, collate_multimodal
 from mlcm_core.models.multimodal import MultimodalConfig, MultimodalModel
-from mlcm_core.train.checkpoint import load_weights, read_checkpoint_info
+from mlcm_core.models.checkpoint import load_weights, read_checkpoint_info
 from mlcm_core.train.pretrain import compute_loss, pretrain, select_rows
 
 from .conftest import TINY_MODEL

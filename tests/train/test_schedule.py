@@ -37,7 +37,7 @@ def test_lambda_lr_applies_lr_at():
 
 
 def test_logged_lr_is_the_optimizers(tiny_store, tiny_config, monkeypatch):
-    from mlcm_core.train.checkpoint import read_checkpoint_info
+    from mlcm_core.models.checkpoint import read_checkpoint_info
     from mlcm_core.train.pretrain import pretrain
 
     applied: list[float] = []
