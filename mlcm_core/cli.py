@@ -429,6 +429,107 @@ def _add_pool_options(p: argparse.ArgumentParser) -> None:
                    help="diverse order: structures estimated above this many seconds come last")
 
 
+def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="dataset store directory")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="pre-training run or checkpoint directory to evaluate (retrieval, rank, inverse design)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated pre-training methods for the ablation (default: scratch, clip_crystal_dos, "
+                        "all_pairs_clip, anchored_clip, tensor_clip, barlow_twins, barlow_twins_higher_order); "
+                        "'none' skips the ablation")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the budget's)")
+    p.add_argument("--budget", default="quick",
+                   help="quick = smoke test (var/eval/quick); cpu = the 2-core run of docs/results.md; full = longer")
+    p.add_argument("--budget-overrides", default=None,
+                   help='JSON object of Budget fields to change, e.g. \'{"finetune_epochs": 50}\'')
+    p.add_argument("--targets", default=None, help="comma-separated fine-tuning targets (default: the budget's)")
+    p.add_argument("--split", default="test", help="split of the retrieval / inverse-design queries")
+    p.add_argument("--no-baseline", action="store_true", help="skip Magpie + RF")
+    p.add_argument("--no-comparison", action="store_true", help="skip the 2- vs 3-modal comparison")
+    p.add_argument("--run-dir", type=Path, default=None, help="where runs go (default var/runs/evaluate/<budget>)")
+    p.add_argument("--out-json", type=Path, default=None, help="default docs/results.json (full), var/eval/quick/ (quick)")
+    p.add_argument("--out-md", type=Path, default=None, help="default docs/results.md (full), var/eval/quick/ (quick)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-verify", action="store_true", help="skip the store's SHA-256 check")
+    p.add_argument("--ship", type=Path, default=None,
+                   help="copy the method chosen on validation (first seed) here, e.g. precomputed/checkpoint, "
+                        "and evaluate the copy")
+
+
+def _add_pretrain_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TrainConfig as YAML or JSON (default: TrainConfig())")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="dataset store directory")
+    p.add_argument("--out", type=Path, help="run directory (overrides the config's out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Contrastive pre-training; under torchrun (``torchrun ... -m mlcm_core.cli pretrain ...``) every rank runs
+    this, and ``pretrain`` detects the distributed environment itself, so one command serves 1 or N processes."""
+    import logging
+    from dataclasses import replace
+
+    from mlcm_core.train.config import TrainConfig
+    from mlcm_core.train.pretrain import pretrain
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank {rank}/{world}] %(message)s")
+    config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    if args.out is not None:
+        config = replace(config, out_dir=str(args.out))
+    print(f"[rank {rank}/{world}] start", flush=True)
+    path = pretrain(args.store, config, resume=args.resume, stop_after_steps=args.stop_after_steps,
+                    progress=rank == 0)
+    print(f"[rank {rank}/{world}] done: {path}", flush=True)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Retrieval, inverse design, Magpie + RF and the pre-training ablation; writes results.json + markdown."""
+    import shlex
+
+    from mlcm_core import load_dataset
+    from mlcm_core.evaluate.ablation import BUDGETS, DEFAULT_METHODS
+    from mlcm_core.evaluate.report import write_report
+    from mlcm_core.evaluate.run import run_evaluation
+
+    if args.budget not in BUDGETS:
+        print(f"error: --budget must be one of {', '.join(BUDGETS)}, not {args.budget!r}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    budget = BUDGETS[args.budget]
+    if args.budget_overrides:
+        budget = budget.with_overrides(json.loads(args.budget_overrides))
+    if args.methods is None:
+        methods = list(DEFAULT_METHODS)
+    elif args.methods.strip().lower() in ("", "none"):
+        methods = []
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
+    default_dir = Path("var") / "eval" / budget.name if budget.name == "quick" else Path("docs")
+    out_json = args.out_json or default_dir / "results.json"
+    out_md = args.out_md or default_dir / "results.md"
+    try:
+        store = load_dataset(args.store, verify=not args.no_verify)
+        results = run_evaluation(store, budget=budget, checkpoint=args.checkpoint, methods=methods, seeds=args.seeds,
+                                 targets=targets, split=args.split, baseline=not args.no_baseline,
+                                 comparison=not args.no_comparison, run_dir=args.run_dir,
+                                 command="mlcm " + shlex.join(args.argv), store_path=args.store,
+                                 ship=args.ship)
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = write_report(results, out_json, out_md)
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlcm", description="Multimodal Learning for Crystalline Materials")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -508,8 +609,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0)
     p.set_defaults(func=cmd_dft_validate)
 
-    sub.add_parser("pretrain", help="contrastive pre-training: mlcm pretrain --help (same as torchrun's entry)")
-    sub.add_parser("evaluate", help="retrieval, fine-tuning ablation, inverse design, Magpie+RF: mlcm evaluate --help")
+    p = sub.add_parser("pretrain", help="contrastive pre-training (torchrun: torchrun ... -m mlcm_core.cli pretrain ...)")
+    _add_pretrain_options(p)
+    p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("evaluate", help="retrieval, fine-tuning ablation, inverse design, Magpie+RF; writes "
+                                        "results.json + markdown")
+    _add_evaluate_options(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("finetune", help="fine-tune the crystal encoder on one property")
     p.add_argument("--target", required=True,
@@ -586,15 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["pretrain"]:  # its options belong to pretrain_cli (shared with torchrun)
-        from mlcm_core.train.pretrain_cli import main as pretrain_main
-
-        return pretrain_main(argv[1:])
-    if argv[:1] == ["evaluate"]:
-        from mlcm_core.evaluate.cli import main as evaluate_main
-
-        return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = list(argv)  # the exact command, recorded by mlcm evaluate in its report
     from mlcm_core.data.store import StoreError
 
     try:

@@ -46,11 +46,11 @@ def test_missing_pair_is_reported_not_dropped():
 
 
 def test_cli_end_to_end(tiny_store, tiny_checkpoint, tmp_path):
-    from mlcm_core.evaluate.cli import main
+    from mlcm_core.cli import main
 
     overrides = {"model_overrides": TINY_MODEL, "pretrain_batch_size": 4, "finetune_batch_size": 4,
                  "rf_n_estimators": 10, "device": "cpu", "graph_cache_dir": str(tmp_path / "g")}
-    argv = ["--store", str(tiny_store.root), "--checkpoint", str(tiny_checkpoint), "--methods", "scratch",
+    argv = ["evaluate", "--store", str(tiny_store.root), "--checkpoint", str(tiny_checkpoint), "--methods", "scratch",
             "--seeds", "0", "--targets", "formation_energy_per_atom", "--budget", "quick", "--budget-overrides",
             json.dumps(overrides), "--run-dir", str(tmp_path / "runs"), "--out-json", str(tmp_path / "res.json"),
             "--out-md", str(tmp_path / "res.md"), "--no-comparison", "--threads", "1", "--no-verify"]
@@ -61,5 +61,5 @@ def test_cli_end_to_end(tiny_store, tiny_checkpoint, tmp_path):
     assert res["baseline"]["formation_energy_per_atom"]["test_mae"] is not None
     md = (tmp_path / "res.md").read_text()
     assert "Magpie + RF" in md and "| scratch |" in md and "rows train / val / test" in md
-    assert main(["--methods", "nonsense", "--store", str(tiny_store.root), "--no-baseline", "--no-verify",
+    assert main(["evaluate", "--methods", "nonsense", "--store", str(tiny_store.root), "--no-baseline", "--no-verify",
                  "--out-json", str(tmp_path / "x.json"), "--out-md", str(tmp_path / "x.md")]) == 2

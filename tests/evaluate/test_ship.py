@@ -45,7 +45,7 @@ def test_select_method_uses_validation_retrieval_and_needs_every_modality():
 
 
 def test_evaluate_ships_the_chosen_run_and_reproduces_it(tiny_store, tmp_path, monkeypatch):
-    from mlcm_core.evaluate import cli
+    from mlcm_core.evaluate import run
     from mlcm_core.models.multimodal import MultimodalModel
 
     budget = Budget(name="test", model="cpu", model_overrides=TINY_MODEL, pretrain_epochs=1, pretrain_batch_size=4,
@@ -56,7 +56,7 @@ def test_evaluate_ships_the_chosen_run_and_reproduces_it(tiny_store, tmp_path, m
     ship = tmp_path / "shipped"
     kwargs = dict(budget=budget, methods=["scratch", "clip_crystal_dos", "all_pairs_clip"], comparison=False,
                   run_dir=tmp_path / "runs", ship=ship, log=lambda s: None)
-    res = cli.run_evaluation(tiny_store, **kwargs)
+    res = run.run_evaluation(tiny_store, **kwargs)
     shipped = res["shipped"]
     assert shipped["method"] == "all_pairs_clip"  # the only 3-modal candidate
     assert shipped["reproduces_run"] is True and shipped["max_abs_diff"] == 0.0
@@ -75,5 +75,5 @@ def test_evaluate_ships_the_chosen_run_and_reproduces_it(tiny_store, tmp_path, m
         raise AssertionError("the baseline should come from the run directory's cache")
 
     monkeypatch.setattr("mlcm_core.evaluate.baseline.magpie_rf_over_seeds", refuse)
-    again = cli.run_evaluation(tiny_store, **kwargs)  # everything reused: baseline, runs, evaluations
+    again = run.run_evaluation(tiny_store, **kwargs)  # everything reused: baseline, runs, evaluations
     assert again["baseline"] == res["baseline"] and again["shipped"]["reproduces_run"] is True

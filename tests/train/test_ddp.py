@@ -25,7 +25,7 @@ def test_torchrun_two_ranks(tiny_store, tiny_config: TrainConfig, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = ["torchrun", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "mlcm_core.train.pretrain_cli",
+           "--master_port", str(free_port()), "-m", "mlcm_core.cli", "pretrain",
            "--config", str(cfg_path), "--store", str(tiny_store.root), "--out", str(out)]
     r = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     text = r.stdout + r.stderr

@@ -1,7 +1,5 @@
-"""``mlcm evaluate``: run the evaluation and write results.json + the markdown report.
-
-Why a function of argv: ``mlcm_core.cli`` dispatches ``mlcm evaluate ...`` here (as it does for pretrain), and
-``python -m mlcm_core.evaluate`` runs the same code; the exact command is recorded in the report.
+"""The evaluation behind ``mlcm evaluate`` (options parsed in mlcm_core/cli.py): run it, then write results.json
+and the markdown report (``mlcm_core.evaluate.report``); the exact command is recorded in the report.
 
 Defaults: ``--budget quick`` writes to var/eval/quick/ (a smoke test must never overwrite the real report);
 ``--budget cpu`` or ``full`` writes docs/results.json and docs/results.md. Runs go to ``--run-dir`` (default
@@ -10,10 +8,8 @@ var/runs/evaluate/<budget>); re-running with the same run directory resumes and 
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
-import shlex
 import subprocess
 import sys
 import time
@@ -25,41 +21,7 @@ if TYPE_CHECKING:
     from mlcm_core.data.store import DatasetStore
     from mlcm_core.evaluate.ablation import Budget
 
-__all__ = ["build_parser", "main", "run_evaluation"]
-
-DEFAULT_STORE = Path("precomputed") / "dataset"
-
-
-def build_parser(prog: str = "mlcm evaluate") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="retrieval, inverse design, Magpie+RF baseline and the "
-                                                       "pre-training ablation; writes results.json + markdown")
-    p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="dataset store directory")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="pre-training run or checkpoint directory to evaluate (retrieval, rank, inverse design)")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated pre-training methods for the ablation (default: scratch, clip_crystal_dos, "
-                        "all_pairs_clip, anchored_clip, tensor_clip, barlow_twins, barlow_twins_higher_order); "
-                        "'none' skips the ablation")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the budget's)")
-    from mlcm_core.evaluate.ablation import BUDGETS
-
-    p.add_argument("--budget", choices=tuple(BUDGETS), default="quick",
-                   help="quick = smoke test (var/eval/quick); cpu = the 2-core run of docs/results.md; full = longer")
-    p.add_argument("--budget-overrides", default=None,
-                   help='JSON object of Budget fields to change, e.g. \'{"finetune_epochs": 50}\'')
-    p.add_argument("--targets", default=None, help="comma-separated fine-tuning targets (default: the budget's)")
-    p.add_argument("--split", default="test", help="split of the retrieval / inverse-design queries")
-    p.add_argument("--no-baseline", action="store_true", help="skip Magpie + RF")
-    p.add_argument("--no-comparison", action="store_true", help="skip the 2- vs 3-modal comparison")
-    p.add_argument("--run-dir", type=Path, default=None, help="where runs go (default var/runs/evaluate/<budget>)")
-    p.add_argument("--out-json", type=Path, default=None, help="default docs/results.json (full), var/eval/quick/ (quick)")
-    p.add_argument("--out-md", type=Path, default=None, help="default docs/results.md (full), var/eval/quick/ (quick)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-verify", action="store_true", help="skip the store's SHA-256 check")
-    p.add_argument("--ship", type=Path, default=None,
-                   help="copy the method chosen on validation (first seed) here, e.g. precomputed/checkpoint, "
-                        "and evaluate the copy")
-    return p
+__all__ = ["run_evaluation"]
 
 
 def _git() -> dict[str, Any]:
@@ -182,47 +144,3 @@ def run_evaluation(store: DatasetStore, *, budget: Budget, checkpoint: Path | No
         results["shipped"].update(_compare_retrieval(results["shipped"].pop("run_eval"), results["checkpoint"]["eval"]))
     results["seconds"] = time.perf_counter() - start
     return results
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``mlcm evaluate [options]`` (argv without the leading "evaluate"); returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    from mlcm_core import load_dataset
-    from mlcm_core.evaluate.ablation import BUDGETS, DEFAULT_METHODS
-    from mlcm_core.evaluate.report import write_report
-
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    budget = BUDGETS[args.budget]
-    if args.budget_overrides:
-        budget = budget.with_overrides(json.loads(args.budget_overrides))
-    if args.methods is None:
-        methods = list(DEFAULT_METHODS)
-    elif args.methods.strip().lower() in ("", "none"):
-        methods = []
-    else:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
-    default_dir = Path("var") / "eval" / budget.name if budget.name == "quick" else Path("docs")
-    out_json = args.out_json or default_dir / "results.json"
-    out_md = args.out_md or default_dir / "results.md"
-    try:
-        store = load_dataset(args.store, verify=not args.no_verify)
-        results = run_evaluation(store, budget=budget, checkpoint=args.checkpoint, methods=methods, seeds=args.seeds,
-                                 targets=targets, split=args.split, baseline=not args.no_baseline,
-                                 comparison=not args.no_comparison, run_dir=args.run_dir,
-                                 command="mlcm evaluate " + shlex.join(argv), store_path=args.store,
-                                 ship=args.ship)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    paths = write_report(results, out_json, out_md)
-    print(f"wrote {paths[0]} and {paths[1]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
