@@ -493,6 +493,9 @@ class MapView(pn.viewable.Viewer):
                 r = handles.get(name)
                 if r is not None:
                     on_document(r.document, partial(r.update, start=start, end=end))
+        # a range set from the server fires no RangesUpdate in the browser, so the RangeXY stream would not see
+        # it: without this the image stayed the old view's, stretched, and map_view (the URL) was not written
+        self._range.event(x_range=(x0, x1), y_range=(y0, y1))
 
     def _shade_view(self, x_range=None, y_range=None, width=None, height=None, **_):
         """The image for the current viewport, colouring and selection (the shaded layer's callback)."""

@@ -227,6 +227,10 @@ def test_a_search_zooms_the_rendered_map_to_its_matches(view, state):
     handles = plot_handles(view._plot)[0]
     assert (handles["x_range"].start, handles["x_range"].end) == (x0, x1)
     assert (handles["y_range"].start, handles["y_range"].end) == (y0, y1)
+    # the viewport stream follows (a server-side range change fires no browser event): the image is
+    # re-aggregated for the new view and the view is shareable
+    assert (view._range.x_range, view._range.y_range) == ((x0, x1), (y0, y1))
+    assert state.map_view == [x0, x1, y0, y1]
     assert view.param.prop.names["Band gap (eV, PBE(+U); Materials Project)"] == "band_gap_mp_pbe"  # menu labels
 
 

@@ -40,6 +40,7 @@ from tests.browser.conftest import (
     wait_for_text,
 )
 from tests.browser.test_query_state import THUMB_JS, _wait_glyphs
+from tests.browser.test_shortcuts import _blur
 
 pytestmark = pytest.mark.skipif(os.environ.get("MLCM_SCREENSHOT") != "1", reason="set MLCM_SCREENSHOT=1 to refresh it")
 
@@ -53,15 +54,21 @@ K = 25  # AppState.k default
 # well-known materials, the first one the store has (with structure and DOS) is searched for
 FAMOUS = [("mp-2534", "GaAs"), ("mp-149", "Si"), ("mp-830", "GaN")]
 UPLOAD = "mp-830"  # zinc-blende GaN, uploaded as a CIF
-# the element holding the keyboard, through shadow roots, loses it
-BLUR_JS = """() => { let a = document.activeElement;
-  while (a && a.shadowRoot && a.shadowRoot.activeElement) a = a.shadowRoot.activeElement;
-  if (a && a.blur) a.blur(); }"""
+# svg elements inside the element with a css class, through shadow roots
+SVG_COUNT_JS = """(cls) => { let n = 0;
+  function count(root) { for (const e of root.querySelectorAll('*')) {
+    if (e.tagName.toLowerCase() === 'svg') n++; if (e.shadowRoot) count(e.shadowRoot); } }
+  function walk(root) { for (const e of root.querySelectorAll('*')) {
+    if (e.classList && e.classList.contains(cls)) { count(e); if (e.shadowRoot) count(e.shadowRoot); }
+    else if (e.shadowRoot) walk(e.shadowRoot); } }
+  walk(document); return n; }"""
 
 
 # ---- pictures -----------------------------------------------------------------------------------------
-def _region(page, selectors: list[str], max_height: int | None = None, pad: int = 6) -> bytes:
-    """A PNG of the page region around the first element of each css selector (scrolled to the first)."""
+def _region(page, selectors: list[str], max_height: int | None = None, full_width: bool = False,
+            pad: int = 6) -> bytes:
+    """A PNG of the page region around the first element of each css selector (scrolled to the first);
+    ``full_width``: to the window's right edge (a pane whose content overflows its box)."""
     page.mouse.move(2, 2)  # no hover tooltip in the picture
     page.locator(selectors[0]).first.evaluate("e => e.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(500)
@@ -70,7 +77,7 @@ def _region(page, selectors: list[str], max_height: int | None = None, pad: int 
     vw, vh = VIEWPORT["width"], VIEWPORT["height"]
     x0 = max(0.0, min(b["x"] for b in boxes) - pad)
     y0 = max(0.0, min(b["y"] for b in boxes) - pad)
-    x1 = min(float(vw), max(b["x"] + b["width"] for b in boxes) + pad)
+    x1 = vw if full_width else min(float(vw), max(b["x"] + b["width"] for b in boxes) + pad)
     y1 = min(float(vh), max(b["y"] + b["height"] for b in boxes) + pad)
     if max_height:
         y1 = min(y1, y0 + max_height)
@@ -81,6 +88,22 @@ def _viewport(page) -> bytes:
     page.mouse.move(2, 2)
     page.wait_for_timeout(300)
     return page.screenshot()
+
+
+def _top(page, until: str) -> bytes:
+    """A PNG of the window from its top down to the bottom of the element ``until`` (the page not scrolled)."""
+    page.mouse.move(2, 2)
+    page.wait_for_timeout(300)
+    b = page.locator(until).first.bounding_box()
+    bottom = min(float(VIEWPORT["height"]), b["y"] + b["height"] + 8)
+    return page.screenshot(clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": bottom})
+
+
+# the composed picture at scale s: images and text scaled, gaps kept
+SCALE_JS = """(s) => {
+  for (const i of document.images) i.style.width = Math.round(i.naturalWidth * s) + 'px';
+  for (const h of document.querySelectorAll('.html')) h.style.fontSize = (13 * s) + 'px';
+  return document.getElementById('c').getBoundingClientRect().width; }"""
 
 
 def _compose(browser, rows: list[list[bytes | str]]) -> bytes:
@@ -94,26 +117,28 @@ def _compose(browser, rows: list[list[bytes | str]]) -> bytes:
             else:
                 parts.append(f"<div class='html'>{p}</div>")
         cells.append(f"<div class='row'>{''.join(parts)}</div>")
-    doc = ("<html><body style='margin:0;background:#fff'><style>"
-           "#c{display:flex;flex-direction:column;gap:10px;padding:6px;width:max-content}"
+    doc = ("<!DOCTYPE html><html><body style='margin:0;background:#fff'><style>"
+           "#c{display:flex;flex-direction:column;gap:10px;padding:6px;width:max-content;background:#fff}"
            ".row{display:flex;gap:14px;align-items:flex-start}"
-           ".html{font:13px sans-serif} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px}"
+           ".html{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;font-size:inherit}"
+           "td,th{border:1px solid #ccc;padding:2px 6px}"
            f"</style><div id='c'>{''.join(cells)}</div></body></html>")
-    # a viewport smaller than the picture: a full-page screenshot is then exactly the (zoomed) content
-    context = browser.new_context(viewport={"width": 100, "height": 100}, device_scale_factor=1)
+    context = browser.new_context(viewport={"width": 3000, "height": 3000}, device_scale_factor=1)
     try:
         p = context.new_page()
         p.set_content(doc)
         p.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
-        width = p.evaluate("() => document.getElementById('c').getBoundingClientRect().width")
-        scale = min(1.0, MAX_WIDTH / width)
-        for _ in range(8):
-            p.evaluate("(s) => { document.body.style.zoom = s; }", scale)
-            jpeg = p.screenshot(type="jpeg", quality=QUALITY, full_page=True)
+        scale = 1.0
+        for _ in range(12):
+            width = p.evaluate(SCALE_JS, scale)
+            if width > MAX_WIDTH + 0.5:  # too wide: scale down (gaps and padding stay)
+                scale *= MAX_WIDTH / width
+                continue
+            jpeg = p.locator("#c").screenshot(type="jpeg", quality=QUALITY)
             if len(jpeg) <= MAX_BYTES * 0.95:
                 return jpeg
-            scale *= 0.85
-        raise AssertionError(f"the picture stays over {MAX_BYTES} bytes ({len(jpeg)})")
+            scale *= 0.85  # too large a file: a smaller picture
+        raise AssertionError(f"no picture of at most {MAX_BYTES} bytes and {MAX_WIDTH} px wide")
     finally:
         context.close()
 
@@ -173,6 +198,15 @@ def _wait_frame(page, predicate, timeout_s: float = LONG / 1000) -> dict:
     raise AssertionError(f"the map never showed the expected view; last frame: {frame}")
 
 
+def _until(predicate, what: str, timeout_s: float = LONG / 1000) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(what)
+
+
 def test_walkthrough_of_the_journeys(browser, app_url, explorer, tmp_path):
     from pymatgen.io.cif import CifWriter
 
@@ -199,20 +233,22 @@ def test_walkthrough_of_the_journeys(browser, app_url, explorer, tmp_path):
     box = page.locator(".mlcm-find-box input").first
     box.fill(typed)
     box.press("Enter")
-    state = wait_for_debug(page, lambda d: d["focus"] == mid and len(d["zoom_to"]) == 4)
+    wait_for_debug(page, lambda d: d["focus"] == mid)
     x, y = map(float, explorer.xy[explorer.embeddings.position(mid)])
-    zx0, zx1, zy0, zy1 = state["zoom_to"]
-    assert zx0 < x < zx1 and zy0 < y < zy1
     span = whole["x1"] - whole["x0"]
-    zoomed = _wait_frame(page, lambda f: f["x1"] - f["x0"] < 0.5 * span)
-    assert zoomed["x0"] < x < zoomed["x1"] and zoomed["y0"] < y < zoomed["y1"]
+    zoomed = _wait_frame(page, lambda f: f["x1"] - f["x0"] < 0.5 * span)  # zoomed in ...
+    assert zoomed["x0"] < x < zoomed["x1"] and zoomed["y0"] < y < zoomed["y1"]  # ... on the material
+    state = wait_for_debug(page, lambda d: len(d["map_view"]) == 4 and "view=" in d["url"])  # and shareable
+    vx0, vx1, vy0, vy1 = state["map_view"]
+    assert vx0 < x < vx1 and vy0 < y < vy1 and f"focus={mid}" in state["url"]
     wait_for_text(page, "mlcm-find-result", lambda t: f"Found {mid}" in t)
     card = wait_for_text(page, "mlcm-card", lambda t: f"{mid} {formula}" in t and "Predicted properties" in t)
-    assert "Band gap" in card and "Materials Project" in card
+    assert "modalities: structure, DOS" in card and "PBE" in card and "Uncertainty hints" in card
     wait_for_text(page, "mlcm-dos", lambda t: mid in t)
     wait_for_map(page)
-    top = _viewport(page)
-    _save(browser, "02-search", [[top], [_region(page, [".mlcm-dos-plot", ".mlcm-dos", ".mlcm-card"], 560)]], written)
+    top = _top(page, ".mlcm-map-shown")
+    below = _region(page, [".mlcm-dos-plot", ".mlcm-dos", ".mlcm-card"], 560, full_width=True)
+    _save(browser, "02-search", [[top], [below]], written)
 
     # 3. lasso the neighbourhood: the selection summary, histograms and the materials table
     frame = wait_for_map(page)
@@ -223,17 +259,15 @@ def test_walkthrough_of_the_journeys(browser, app_url, explorer, tmp_path):
     n = state["n_selected"]
     assert n == len(explorer.select(state["polygon"]))
     wait_for_text(page, "mlcm-selection-summary", lambda t: f"Selection: {n:,} materials" in t)
-    hist = page.evaluate("""() => { let n = 0; function walk(r) { for (const e of r.querySelectorAll('*')) {
-        if (e.classList && e.classList.contains('mlcm-selection-histograms')) n += (e.shadowRoot || e).querySelectorAll('svg').length;
-        if (e.shadowRoot) walk(e.shadowRoot); } } walk(document); return n; }""")
-    assert hist > 0
-    wait_for_text(page, "mlcm-table-title", lambda t: str(n) in t.replace(",", ""))
-    listed = table_ids(page, "mlcm-materials")
-    assert listed and set(listed) <= set(explorer.select(state["polygon"]))
+    _until(lambda: page.evaluate(SVG_COUNT_JS, "mlcm-selection-histograms") > 0, "no histograms")
+    wait_for_text(page, "mlcm-table-title", lambda t: f"Materials in the selection: {n:,}" in t)
+    inside = set(explorer.select(state["polygon"]))
+    _until(lambda: (ids := table_ids(page, "mlcm-materials")) and set(ids) <= inside,
+           "the materials table does not list the selection")
     map_png = _region(page, [".mlcm-map", ".mlcm-map-shown"])
     sel_png = _region(page, [".mlcm-selection-summary", ".mlcm-selection-histograms"])
     table_png = _region(page, [".mlcm-table-title", ".mlcm-materials"], 430)
-    _save(browser, "03-lasso", [[map_png, sel_png], [table_png]], written)
+    _save(browser, "03-lasso", [[map_png], [sel_png], [table_png]], written)
 
     # 4. draw a target DOS with a gap: candidates ranked by similarity, their DOS over the target, the query
     tframe = plot_frame(page, "Target DOS")
@@ -256,9 +290,13 @@ def test_walkthrough_of_the_journeys(browser, app_url, explorer, tmp_path):
     _save(browser, "04-target-dos", [[target_png], [cand_png]], written)
 
     # 5. upload a CIF: a star on the map where the model places it, its nearest crystals as the candidates
-    page.evaluate(BLUR_JS)  # the keys act only while the keyboard is in no text box or button
+    _blur(page)  # the keys act only while the keyboard is in no text box or button
+    page.keyboard.press("Escape")  # the lasso selection cleared
+    wait_for_debug(page, lambda d: d["n_selected"] == 0)
+    _blur(page)
     page.keyboard.press("r")  # the whole map again
-    _wait_frame(page, lambda f: f["x1"] - f["x0"] > 0.8 * span)
+    wait_for_debug(page, lambda d: d["map_view"] == [] and "view=" not in d["url"])
+    _wait_frame(page, lambda f: f["x1"] - f["x0"] > 0.99 * span)
     cif = tmp_path / "GaN.cif"
     cif.write_text(str(CifWriter(explorer.store.structure(UPLOAD))))
     page.locator(".mlcm-cif-upload input[type=file]").set_input_files(str(cif))
@@ -266,11 +304,19 @@ def test_walkthrough_of_the_journeys(browser, app_url, explorer, tmp_path):
                            and "uploaded structure GaN.cif" in " ".join(deep_text(page, "mlcm-candidates-title")))
     assert state["placed"]["formula"] == "GaN"
     assert UPLOAD in state["candidate_ids"][:3]  # the stored copy of the uploaded crystal is among the nearest
+    px, py = state["placed"]["x"], state["placed"]["y"]
     frame = wait_for_map(page)
-    assert frame["x0"] < state["placed"]["x"] < frame["x1"] and frame["y0"] < state["placed"]["y"] < frame["y1"]
+    assert frame["x0"] < px < frame["x1"] and frame["y0"] < py < frame["y1"]
+    page.mouse.move(*data_to_px(frame, px, py))  # a wheel zoom around the star: its neighbourhood
+    page.mouse.wheel(0, -400)
+    wait_for_debug(page, lambda d: len(d["map_view"]) == 4)
+    frame = _wait_frame(page, lambda f: f["x1"] - f["x0"] < 0.6 * span)
+    assert frame["x0"] < px < frame["x1"] and frame["y0"] < py < frame["y1"]
     placed = wait_for_text(page, "mlcm-placed", lambda t: "Placed GaN.cif" in t)
     assert "(GaN)" in placed
     wait_for_text(page, "mlcm-query-state", lambda t: "uploaded structure GaN.cif (GaN)" in t)
+    _until(lambda: (ids := table_ids(page, "mlcm-candidates")) and ids == state["candidate_ids"][: len(ids)],
+           "the candidates table does not list the upload's candidates")
     map_png = _region(page, [".mlcm-map", ".mlcm-map-shown"])
     upload_png = _region(page, [".mlcm-cif-upload", ".mlcm-placed"])
     cand_png = _region(page, [".mlcm-query-state", ".mlcm-candidates-title", ".mlcm-candidates"], 420)
@@ -286,11 +332,12 @@ def test_walkthrough_of_the_journeys(browser, app_url, explorer, tmp_path):
     info.value.save_as(path)
     table = pd.read_csv(path)
     assert table["id"].astype(str).tolist() == ids and len(ids) == K
-    assert {"rank", "id", "formula", "score"} <= set(table.columns)
+    assert {"id", "formula"} <= set(table.columns)
     head = table[[c for c in ("rank", "id", "formula", "score", "spacegroup_symbol", "band_gap_mp_pbe")
                   if c in table.columns]].head(8)
     read_back = (f"<p><b>{html.escape(name)}</b> read back: <code>pandas.read_csv</code> → "
                  f"{table.shape[0]} rows × {table.shape[1]} columns</p>" + head.to_html(index=False))
+    assert table_ids(page, "mlcm-candidates") == ids[: len(table_ids(page, "mlcm-candidates"))]
     export_png = _region(page, [".mlcm-candidates-title", ".mlcm-candidates", ".mlcm-download-csv"])
     _save(browser, "06-export", [[export_png, read_back]], written)
     context.close()
