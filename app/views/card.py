@@ -16,7 +16,7 @@ import panel as pn
 import param
 
 from app.panes import LiveHTML
-from app.store import AppState
+from app.state import AppState
 
 TABLE_STYLE = "font-size:12px;border-collapse:collapse"
 _PREDICTIONS: OrderedDict = OrderedDict()  # (explore path, id) -> (table, note): the same for every session
