@@ -18,6 +18,7 @@ import panel as pn
 from app.logs import log
 from mlcm_core import load_dataset
 from mlcm_core.data.conventions import LABELS, label_title
+from mlcm_core.modalities import specs as modality_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,16 +29,14 @@ DEFAULT_EXPLORE = ROOT / "precomputed" / "explore"
 EXPORT_ROOT = ROOT / "var" / "exports"
 
 TABLE_COLUMNS = ["id", "formula", "source", "nsites", "spacegroup_symbol", "crystal_system",
-                 "has_structure", "has_dos", "has_charge_density", "split"]
+                 *(spec.store_flag for spec in modality_specs()), "split"]
 
-COVERAGE_NAMES = {(1, 0, 0): "structure", (1, 1, 0): "structure+DOS", (1, 0, 1): "structure+density",
-                  (1, 1, 1): "all three", (0, 1, 0): "DOS only", (0, 0, 1): "density only",
-                  (0, 1, 1): "DOS+density", (0, 0, 0): "none"}
+
 
 # what a table header shows for the app's own columns (property columns: conventions.label_title, from LABELS)
 COLUMN_TITLES = {"formula": "formula", "source": "dataset source", "nsites": "sites", "spacegroup_symbol": "space group",
-                 "crystal_system": "crystal system", "has_structure": "structure", "has_dos": "DOS",
-                 "has_charge_density": "charge density", "split": "split", "score": "score (cosine)",
+                 "crystal_system": "crystal system", **{spec.store_flag: spec.label for spec in modality_specs()},
+                 "split": "split", "score": "score (cosine)",
                  "sim_dos": "similarity to the DOS", "sim_structure": "similarity to the structure",
                  "sim_material": "similarity to the material", "sim_density": "similarity to the density",
                  "dos_mae_to_target": "DOS MAE to target (1/eV)", "region_count": "materials in its map region",
@@ -75,9 +74,7 @@ def map_frame(explore_path: str, dataset_path: str) -> pd.DataFrame:
                       "x": t["x"].astype(np.float64), "y": t["y"].astype(np.float64)})
     f["source"] = pd.Categorical(t["source"].fillna("unknown").astype(str))
     f["crystal_system"] = pd.Categorical(t["crystal_system"].fillna("unknown").astype(str))
-    cov = [COVERAGE_NAMES[(int(bool(s)), int(bool(d)), int(bool(c)))]
-           for s, d, c in zip(t["has_structure"], t["has_dos"], t["has_charge_density"])]
-    f["coverage"] = pd.Categorical(cov)
+    f["coverage"] = pd.Categorical(coverage_names(t))
     f["disagreement"] = hint.disagreement.to_numpy(np.float64)
     f["region_count"] = hint.region_count.to_numpy(np.float64)
     f["prediction_spread"] = hint.prediction_spread.to_numpy(np.float64)
@@ -85,6 +82,22 @@ def map_frame(explore_path: str, dataset_path: str) -> pd.DataFrame:
         f[c] = pd.to_numeric(t[c], errors="coerce").astype(np.float64)
     f["elements"] = [tuple(e) if e is not None and not isinstance(e, float) else () for e in t["elements"]]
     return f
+
+def coverage_names(table: pd.DataFrame) -> list[str]:
+    """Which modalities each material has, in words ("crystal structure + DOS", "all 3", "none"): the map's
+    coverage colouring, from the modality registry (a registered fourth modality shows up by itself)."""
+    specs = tuple(modality_specs())
+    flags = np.column_stack([table[s.store_flag].fillna(False).astype(bool).to_numpy() if s.store_flag in table
+                             else np.zeros(len(table), bool) for s in specs])
+    names = {}
+    out = []
+    for row in map(tuple, flags):
+        if row not in names:
+            have = [s.label for s, f in zip(specs, row) if f]
+            names[row] = "none" if not have else f"all {len(specs)}" if len(have) == len(specs) else " + ".join(have)
+        out.append(names[row])
+    return out
+
 
 def property_columns(table: pd.DataFrame) -> list[str]:
     """Label columns (conventions.LABELS) with at least one numeric value."""

@@ -190,3 +190,20 @@ def test_a_bad_dos_on_the_grid_gets_the_cores_message_in_the_app_and_the_explore
     with pytest.raises(DrawnDOSError, match="dos must be >= 0 and not zero everywhere"):
         state.explorer.query(dos=bad, k=3)
     assert state.target is None
+
+
+def test_map_coverage_names_come_from_the_modality_registry(state):
+    """The coverage colouring names each material's modalities by the registry's labels, for every row."""
+    from app.loaders import coverage_names
+    from mlcm_core.modalities import specs
+
+    t = state.table
+    names = coverage_names(t)
+    flags = [s.store_flag for s in specs()]
+    n_all = int(t[flags].fillna(False).astype(bool).all(axis=1).sum())
+    assert names.count("all 3") == n_all > 0
+    assert names.count("none") == int((~t[flags].fillna(False).astype(bool)).all(axis=1).sum())
+    have = [tuple(r) for r in t[flags].fillna(False).astype(bool).to_numpy()]
+    assert {names[k] for k, r in enumerate(have) if r == (True, False, False)} == {"crystal structure"}
+    assert {names[k] for k, r in enumerate(have) if r == (False, True, True)} == {"DOS + charge density"}
+    assert set(state.frame["coverage"].astype(str)) == set(names)
