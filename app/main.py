@@ -14,9 +14,10 @@ import panel as pn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `panel serve app/main.py` from a checkout
 
+from app.logs import configure_logging, log
 from app.panes import LiveAlert, LiveStr
 from app.share import ShareLink
-from app.store import AppState, debug_json, log
+from app.state import AppState, debug_json
 from app.views.candidates import CandidatesView
 from app.views.card import PropertyCard
 from app.views.density import DensityView
@@ -158,6 +159,7 @@ if pn.state.served:
     import time as _time
 
     _t0 = _time.perf_counter()
+    configure_logging()
     pn.extension("tabulator", notifications=True)  # no "plotly": the 3-D views load plotly.js in an iframe
     _skip_mathjax()
     _state = AppState()

@@ -31,7 +31,9 @@ import numpy as np
 import panel as pn
 import param
 
-from app.store import AppState, UserError, _symbols, element_symbol, log
+from app.inputs import UserError, element_symbol, element_symbols
+from app.logs import log
+from app.state import AppState
 
 MAX_IDS = 40  # more selected materials are shared by what selected them (cluster, polygon, search)
 MAX_VERTICES = 100  # a lasso polygon in the URL has at most this many vertices (~15 characters each)
@@ -227,7 +229,7 @@ def restore(state: AppState, query: Mapping[str, str], colouring: param.Paramete
 
     def elements(name: str):
         def set_(v: str) -> None:
-            _symbols(v)  # UserError for an unknown symbol
+            element_symbols(v)  # UserError for an unknown symbol
             setattr(state, name, v)
         return set_
 

@@ -29,7 +29,7 @@ figure is printed beside the exact or naive path, measured in the same run:
 * hover, at min(N, 1M) points: the app's hover tooltips are Bokeh's, in the browser, over an invisible
   layer of at most 3,000 points that HoloViews' ``decimate`` re-samples on the server at every pan/zoom
   (app/views/map.py); a click focuses the nearest material (``AppState.nearest``: argmin of the squared
-  distance over every point, app/store.py). Both server-side operations are timed, beside the full
+  distance over every point, app/state.py). Both server-side operations are timed, beside the full
   undecimated frame a naive layer would send, and beside ``ViewportSampler`` (mlcm_core/explore/index.py:
   the same uniform sample of the points in view, in O(3000 / fraction in view) instead of O(N)).
   Target: <= 50 ms.

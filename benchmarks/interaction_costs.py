@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     from bokeh.protocol import Protocol
 
     from app.main import Dashboard
-    from app.store import AppState
+    from app.state import AppState
 
     pn.extension("tabulator")
     state = AppState()

@@ -14,8 +14,10 @@ import pandas as pd
 import panel as pn
 import param
 
+from app.inputs import UserError
+from app.loaders import column_title
 from app.panes import LiveMarkdown
-from app.store import AppState, UserError, column_title
+from app.state import AppState
 from app.views.query import QueryStateView
 
 SHOWN = ["rank", "id", "formula", "score", "sim_dos", "sim_structure", "sim_material", "dos_mae_to_target", "source",

@@ -16,7 +16,8 @@ import panel as pn
 import param
 
 from app.panes import LiveHTML
-from app.store import AppState
+from app.state import AppState
+from mlcm_core.modalities import specs as modality_specs
 
 TABLE_STYLE = "font-size:12px;border-collapse:collapse"
 _PREDICTIONS: OrderedDict = OrderedDict()  # (explore path, id) -> (table, note): the same for every session
@@ -88,8 +89,8 @@ class PropertyCard(pn.viewable.Viewer):
             return f"unknown material {html.escape(mid)}"
         row = t.loc[mid]
         nsites = row["nsites"] if pd.notna(row["nsites"]) else "?"
-        mods = ", ".join(m for m, c in (("structure", "has_structure"), ("DOS", "has_dos"),
-                                        ("charge density", "has_charge_density")) if bool(row[c])) or "none"
+        mods = ", ".join(s.label for s in modality_specs()
+                         if pd.notna(has := row.get(s.store_flag, False)) and bool(has)) or "none"
         esc = html.escape
         formula = row["formula"] if isinstance(row["formula"], str) and row["formula"] else None
         parts = [f"<h3 style='margin:4px 0'>{esc(mid)} {esc(formula or '')}</h3>"

@@ -17,7 +17,7 @@ import param
 
 from app import crystal3d
 from app.panes import LiveHTML, LiveMarkdown
-from app.store import AppState, guarded
+from app.state import AppState, guarded
 from mlcm_core.data.conventions import DENSITY_GRID
 from mlcm_core.data.density_frame import structure_on_canonical_cell
 

@@ -17,8 +17,9 @@ import panel as pn
 import param
 from holoviews.core.spaces import Callable
 
+from app.loaders import ids_having
 from app.panes import LiveHTML, curve_slots, push_layers, set_y_end
-from app.store import AppState, ids_having
+from app.state import AppState
 from mlcm_core.data.conventions import DOS_ENERGIES
 
 MAX_CURVES = 8

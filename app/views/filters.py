@@ -7,7 +7,7 @@ import math
 import panel as pn
 import param
 
-from app.store import AppState
+from app.state import AppState
 
 
 class OptionalFloatInput(pn.widgets.FloatInput):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import panel as pn
 import param
 
-from app.store import AppState
+from app.state import AppState
 from app.views.shortcuts import SHORTCUTS_TEXT
 
 COOKIE = "mlcm_intro"  # "closed" once the introduction was closed, "open" after it was reopened

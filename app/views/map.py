@@ -40,8 +40,9 @@ import xarray
 from bokeh.palettes import Viridis256
 from holoviews.core.spaces import Callable
 
+from app.inputs import UserError, element_symbol
 from app.panes import LiveHTML, on_document, plot_handles, push_layers
-from app.store import AppState, UserError, element_symbol, guarded
+from app.state import AppState, guarded
 from app.views.shortcuts import SHORTCUTS_TEXT
 from mlcm_core.data.conventions import label_title
 from mlcm_core.explore.index import ViewportSampler

@@ -5,8 +5,9 @@ from __future__ import annotations
 import panel as pn
 import param
 
+from app.loaders import column_title
 from app.panes import LiveMarkdown
-from app.store import AppState, column_title
+from app.state import AppState
 
 PAGE_SIZE = 20
 

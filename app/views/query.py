@@ -17,7 +17,7 @@ import panel as pn
 import param
 
 from app.panes import LiveHTML
-from app.store import AppState, guarded
+from app.state import AppState, guarded
 from mlcm_core.data.conventions import DOS_E_MAX, DOS_E_MIN
 
 THUMB_W, THUMB_H = 150, 44

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import panel as pn
 import param
 
-from app.store import AppState, guarded
+from app.state import AppState, guarded
 
 HELP = ("Start over: clears the selection, focus, target DOS, candidates, upload, filters and search box, and "
         "sets the map's colouring back to the default.")

@@ -11,7 +11,7 @@ import panel as pn
 import param
 
 from app.panes import LiveMarkdown
-from app.store import AppState, guarded
+from app.state import AppState, guarded
 
 PLACEHOLDER = "mp-149, SiO2 or Li-Fe-O; Enter"
 HELP = ("A **material id** (`mp-149`), a **formula** in any order (`SiO2`, `O2Si`: every polymorph with that "

@@ -16,7 +16,7 @@ import panel as pn
 import param
 
 from app.panes import LiveHTML, LiveMarkdown
-from app.store import AppState
+from app.state import AppState
 from mlcm_core.data.conventions import label_source, label_title
 
 SUMMARY_PROPERTIES = ["band_gap_mp_pbe", "formation_energy_per_atom_mp_pbe", "gap_direct_castelli_gllbsc",

@@ -17,7 +17,7 @@ import param
 
 from app import crystal3d
 from app.panes import LiveHTML, LiveMarkdown
-from app.store import AppState, guarded
+from app.state import AppState, guarded
 
 MAX_BONDED_SITES = 120  # larger cells are drawn without bonds (the neighbour search grows quickly)
 

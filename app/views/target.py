@@ -22,8 +22,9 @@ import panel as pn
 import param
 from holoviews.core.spaces import Callable
 
+from app.inputs import UserError, parse_dos_csv
 from app.panes import LiveMarkdown, curve_slots, push_layers, set_y_end
-from app.store import AppState, UserError, guarded, parse_dos_csv
+from app.state import AppState, guarded
 from mlcm_core.data.conventions import DOS_E_MAX, DOS_E_MIN, DOS_ENERGIES
 
 MAX_OVERLAID = 8

@@ -6,7 +6,7 @@ import panel as pn
 import param
 
 from app.panes import LiveMarkdown
-from app.store import AppState, guarded
+from app.state import AppState, guarded
 
 
 class UploadView(pn.viewable.Viewer):

@@ -16,8 +16,9 @@ import numpy as np
 import panel as pn
 import param
 
+from app.inputs import UserError
 from app.panes import LiveMarkdown
-from app.store import AppState, UserError, guarded
+from app.state import AppState, guarded
 
 _JOB_LOCK = threading.Lock()  # one DFT validation at a time in this server process
 _GPAW: dict[str, Any] = {}

@@ -33,13 +33,16 @@ __all__ = [
     "export_candidates",
     "find_materials",
     "place_by_neighbours",
+    "on_dos_grid",
     "read_export",
     "resample_polyline",
+    "target_dos",
 ]
 
 _WHERE = {
     "DensityHint": "explorer", "Explorer": "explorer", "ExplorerError": "explorer",
-    "DrawnDOSError": "resample", "resample_polyline": "resample",
+    "DrawnDOSError": "resample", "resample_polyline": "resample", "target_dos": "resample",
+    "on_dos_grid": "resample",
     "EmbeddingTable": "embed", "embed_store": "embed",
     "ExportPathError": "export", "export_candidates": "export", "read_export": "export",
     "Filters": "filters", "RangeFilter": "filters",

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from mlcm_core import modalities as _modalities
-from mlcm_core.data.conventions import DENSITY_GRID, DOS_N_POINTS, LABELS
+from mlcm_core.data.conventions import DENSITY_GRID, DOS_ENERGIES, DOS_N_POINTS, LABELS
 from mlcm_core.explore.build import EXPLORE_DIR, MANIFEST_FORMAT
 from mlcm_core.explore.embed import EmbeddingTable, load_model_verified
 from mlcm_core.io import ChecksumError, sha256_file, verify_files
@@ -54,7 +54,7 @@ from mlcm_core.explore.index import GridIndex2D, TopKIndex
 from mlcm_core.explore.lookup import MaterialMatch, find_materials
 from mlcm_core.explore.predict import HEADS_DIR, HeadsError, PropertyPredictor, verify_heads
 from mlcm_core.explore.projection import UMAPProjection
-from mlcm_core.explore.resample import resample_polyline
+from mlcm_core.explore.resample import resample_polyline, target_dos
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -639,11 +639,8 @@ class Explorer:
         if arr.shape != (DOS_N_POINTS,):
             raise ValueError(f"dos must be a ({DOS_N_POINTS},) curve on DOS_ENERGIES or a drawn polyline (x, y); "
                              f"got shape {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError("dos contains NaN or infinite values")
-        if np.any(arr < 0) or not np.any(arr > 0):
-            raise ValueError("dos must be >= 0 and not zero everywhere")
-        return arr.astype(np.float32), {"kind": "dos", "values": [float(f"{v:.6g}") for v in arr]}
+        arr = target_dos(DOS_ENERGIES, arr)
+        return arr, {"kind": "dos", "values": [float(f"{v:.6g}") for v in arr]}
 
     @staticmethod
     def _as_structure(obj: Any) -> Structure:

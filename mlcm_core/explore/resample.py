@@ -23,7 +23,7 @@ import numpy as np
 
 from mlcm_core.data.conventions import DOS_E_MAX, DOS_E_MIN, DOS_ENERGIES
 
-__all__ = ["MAX_POINTS", "DrawnDOSError", "resample_polyline"]
+__all__ = ["MAX_POINTS", "DrawnDOSError", "on_dos_grid", "resample_polyline", "target_dos"]
 
 MAX_POINTS = 100_000
 _Y_MAX = 1e30  # far above any DOS; keeps the float32 curve and the encoder's per-curve mean finite
@@ -96,3 +96,29 @@ def resample_polyline(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.n
     if not np.any(out > 0):
         raise DrawnDOSError(f"the drawn DOS is zero everywhere on {DOS_E_MIN:g}..{DOS_E_MAX:g} eV")
     return out.astype(np.float32)
+
+
+def on_dos_grid(x: Sequence[float] | np.ndarray) -> bool:
+    """Whether energies ``x`` are the DOS grid itself (601 points on DOS_ENERGIES): a stored or uploaded DOS
+    rather than a drawn polyline."""
+    xa = np.asarray(x, dtype=np.float64)
+    return xa.shape == DOS_ENERGIES.shape and bool(np.allclose(xa, DOS_ENERGIES))
+
+
+def target_dos(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A DOS target on DOS_ENERGIES from any curve: on the grid, checked as it is (finite, >= 0, not zero
+    everywhere); otherwise a drawn polyline, resampled by ``resample_polyline``'s rules.
+
+    The one validation path for targets: ``Explorer.query(dos=...)`` and the app's target plot both use it.
+    Raises DrawnDOSError (a ValueError) naming what is wrong.
+    """
+    if not on_dos_grid(x):
+        return resample_polyline(x, y)
+    arr = np.asarray(y, dtype=np.float64)
+    if arr.shape != DOS_ENERGIES.shape:
+        raise DrawnDOSError(f"the DOS has {arr.size} values for {DOS_ENERGIES.size} energies")
+    if not np.all(np.isfinite(arr)):
+        raise DrawnDOSError("dos contains NaN or infinite values")
+    if np.any(arr < 0) or not np.any(arr > 0):
+        raise DrawnDOSError("dos must be >= 0 and not zero everywhere")
+    return arr.astype(np.float32)

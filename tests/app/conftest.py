@@ -31,14 +31,14 @@ def explore_path() -> Path:
 
 @pytest.fixture
 def state(explore_path):
-    from app.store import AppState
+    from app.state import AppState
 
     return AppState(explore_path=str(explore_path))
 
 
 @pytest.fixture(scope="session")
 def material_with_all_three(explore_path) -> str:
-    from app.store import AppState
+    from app.state import AppState
 
     t = AppState(explore_path=str(explore_path)).table
     m = t[t["has_structure"] & t["has_dos"] & t["has_charge_density"]]

@@ -63,3 +63,19 @@ def test_too_many_points_refused():
     n = 100_001
     with pytest.raises(DrawnDOSError, match="limit"):
         resample_polyline(np.linspace(-5, 5, n), np.ones(n))
+
+
+def test_target_dos_is_the_one_check_for_curves_on_the_grid_and_drawn():
+    """On the 601-point grid a curve is checked as it is; off it, it is a drawn polyline (resample_polyline)."""
+    from mlcm_core.explore.resample import on_dos_grid, target_dos
+
+    y = np.exp(-((DOS_ENERGIES - 1.0) ** 2))
+    on = target_dos(DOS_ENERGIES, y)
+    assert on.dtype == np.float32 and on_dos_grid(DOS_ENERGIES) and not on_dos_grid(DOS_ENERGIES[::2])
+    np.testing.assert_array_equal(on, y.astype(np.float32))  # not resampled
+    np.testing.assert_array_equal(target_dos([-1.0, 1.0], [1.0, 1.0]), resample_polyline([-1.0, 1.0], [1.0, 1.0]))
+    for bad, message in ((-y, "not zero everywhere"), (np.where(DOS_ENERGIES == DOS_ENERGIES[7], np.nan, y), "NaN"),
+                         (np.zeros_like(y), "not zero everywhere")):
+        with pytest.raises(DrawnDOSError, match=message):
+            target_dos(DOS_ENERGIES, bad)
+

@@ -103,3 +103,21 @@ def test_interrupted_ensemble_resumes_its_finished_members(tiny_store, ft_config
 
     with pytest.raises(ValueError, match="another fine-tuning"):
         finetune(tiny_store, replace(cfg, lr=1e-3), "formation_energy_per_atom", progress=False)
+
+
+def test_band_gap_training_rows_take_our_gpaw_pbe_gap_where_mp_has_none(default_store):
+    """Training rows only, MP materials only; validation and test rows stay MP's own PBE gaps."""
+    from mlcm_core.train.finetune import split_rows
+
+    spec = resolve_target("band_gap")
+    t = default_store.table.set_index("id")
+    ids, y = split_rows(default_store, spec, "train")
+    mp = t.loc[ids, "band_gap_mp_pbe"]
+    filled = mp.isna().to_numpy()
+    assert int((~filled).sum()) == 846 and int(filled.sum()) >= 348  # MP's gaps + our GPAW PBE gaps of MP materials
+    np.testing.assert_array_equal(y[filled], t.loc[ids, "band_gap_gpaw_pbe"].to_numpy(float)[filled])
+    np.testing.assert_array_equal(y[~filled], mp.to_numpy(float)[~filled])
+    assert set(t.loc[ids, "source"][filled]) == {"matminer-0.3.9"}  # no hypothetical perov_5 cell
+    for split, n in (("val", 100), ("test", 110)):
+        ids, y = split_rows(default_store, spec, split)
+        assert len(ids) == n and t.loc[ids, "band_gap_mp_pbe"].notna().all()

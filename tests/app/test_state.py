@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.store import UserError, parse_dos_csv
+from app.inputs import UserError, parse_dos_csv
 from mlcm_core.data.conventions import DOS_ENERGIES
 from mlcm_core.explore import DrawnDOSError, read_export
 
@@ -91,9 +91,9 @@ def test_nearest(state):
 
 
 def test_a_repeated_query_comes_from_the_process_cache(state, monkeypatch):
-    """The same DOS target with the same settings is embedded once per process (app.store.run_query); in the
+    """The same DOS target with the same settings is embedded once per process (app.state.AppState.run_query); in the
     same session it is not even re-sent: the shown result stays, no view is redrawn."""
-    from app.store import AppState
+    from app.state import AppState
 
     mid = state.table.loc[state.table["has_dos"], "id"].iloc[0]
     dos = state.dataset.dos([mid])[0]
@@ -118,7 +118,7 @@ def test_toasts_never_pile_up_and_errors_close(state, monkeypatch):
     import panel as pn
     from panel.io.notifications import NotificationArea
 
-    from app.store import TOAST_MS
+    from app.state import TOAST_MS
 
     area = NotificationArea()
     monkeypatch.setattr(type(pn.state), "notifications", property(lambda self: area))
@@ -139,7 +139,7 @@ def test_exports_are_plain_named_and_hold_no_server_path(state, explore_path):
 
     import pandas as pd
 
-    from app.store import ROOT
+    from app.loaders import ROOT
 
     state.run_query("material mp-830", material_id="mp-830")
     csv = state.export("candidates", "csv")
@@ -179,3 +179,31 @@ def test_shown_material_is_the_focus_else_the_first_selected_with_a_dos(state):
     assert state.shown_material([*no_dos, *with_dos]) == with_dos[0]
     assert state.shown_material(no_dos) == no_dos[0] and state.shown_material([]) == ""
     assert state.shown_material(with_dos, focus=no_dos[1]) == no_dos[1]
+
+
+def test_a_bad_dos_on_the_grid_gets_the_cores_message_in_the_app_and_the_explorer(state):
+    """One validation path for targets (mlcm_core.explore.target_dos): the app's target plot and
+    Explorer.query refuse a negative curve on the DOS grid with the same words."""
+    bad = -np.ones_like(DOS_ENERGIES)
+    with pytest.raises(DrawnDOSError, match="dos must be >= 0 and not zero everywhere"):
+        state.set_target("uploaded", DOS_ENERGIES, bad)
+    with pytest.raises(DrawnDOSError, match="dos must be >= 0 and not zero everywhere"):
+        state.explorer.query(dos=bad, k=3)
+    assert state.target is None
+
+
+def test_map_coverage_names_come_from_the_modality_registry(state):
+    """The coverage colouring names each material's modalities by the registry's labels, for every row."""
+    from app.loaders import coverage_names
+    from mlcm_core.modalities import specs
+
+    t = state.table
+    names = coverage_names(t)
+    flags = [s.store_flag for s in specs()]
+    n_all = int(t[flags].fillna(False).astype(bool).all(axis=1).sum())
+    assert names.count("all 3") == n_all > 0
+    assert names.count("none") == int((~t[flags].fillna(False).astype(bool)).all(axis=1).sum())
+    have = [tuple(r) for r in t[flags].fillna(False).astype(bool).to_numpy()]
+    assert {names[k] for k, r in enumerate(have) if r == (True, False, False)} == {"crystal structure"}
+    assert {names[k] for k, r in enumerate(have) if r == (False, True, True)} == {"DOS + charge density"}
+    assert set(state.frame["coverage"].astype(str)) == set(names)

@@ -1,13 +1,8 @@
 """AppState: what the dashboard shows and what the user has selected, searched, uploaded.
 
-Everything the views draw comes from here, and everything here comes from the public mlcm_core API:
-``load_dataset`` (labels, DOS, densities, structures), ``mlcm_core.explore.Explorer`` (map positions, lasso
-selection, retrieval, placement of uploads, export) and ``mlcm_core.data.conventions``.
-
-Heavy objects are opened once per server process with ``pn.cache`` (the dataset store, the Explorer, the map
-frame, the clusters); per-session state is plain ``param``. Nothing here imports torch, umap or
-crystal_toolkit at module level: the Explorer loads its model on the first query, and ``warm_up`` does that
-(and the other slow first calls) in a background thread when the server starts.
+Everything the views draw comes from here, and everything here comes from the public mlcm_core API (the
+Explorer: map positions, lasso selection, retrieval, placement of uploads, export). The heavy objects behind
+it are opened once per server process (``app.loaders``); per-session state is plain ``param``.
 """
 
 from __future__ import annotations
@@ -15,13 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import threading
 import time
 import traceback
 import uuid
-import warnings
 import zipfile
 from collections import OrderedDict
 from functools import wraps
@@ -33,206 +26,28 @@ import pandas as pd
 import panel as pn
 import param
 
-from mlcm_core import load_dataset
-from mlcm_core.data.conventions import DOS_ENERGIES, LABELS, label_title
-
-log = logging.getLogger("mlcm.app")
-if not log.handlers:  # the server's log shows session build times and warm-up steps
-    _handler = logging.StreamHandler()
-    _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    log.addHandler(_handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATASET = ROOT / "precomputed" / "dataset"
-DEFAULT_EXPLORE = ROOT / "precomputed" / "explore"
-EXPORT_ROOT = ROOT / "var" / "exports"
-TABLE_COLUMNS = ["id", "formula", "source", "nsites", "spacegroup_symbol", "crystal_system",
-                 "has_structure", "has_dos", "has_charge_density", "split"]
-MAX_UPLOAD_BYTES = 1_000_000  # CIF/POSCAR/CSV uploads; real crystal files are a few kB
-COVERAGE_NAMES = {(1, 0, 0): "structure", (1, 1, 0): "structure+DOS", (1, 0, 1): "structure+density",
-                  (1, 1, 1): "all three", (0, 1, 0): "DOS only", (0, 0, 1): "density only",
-                  (0, 1, 1): "DOS+density", (0, 0, 0): "none"}
-
-
-# what a table header shows for the app's own columns (property columns: conventions.label_title, from LABELS)
-COLUMN_TITLES = {"formula": "formula", "source": "dataset source", "nsites": "sites", "spacegroup_symbol": "space group",
-                 "crystal_system": "crystal system", "has_structure": "structure", "has_dos": "DOS",
-                 "has_charge_density": "charge density", "split": "split", "score": "score (cosine)",
-                 "sim_dos": "similarity to the DOS", "sim_structure": "similarity to the structure",
-                 "sim_material": "similarity to the material", "sim_density": "similarity to the density",
-                 "dos_mae_to_target": "DOS MAE to target (1/eV)", "region_count": "materials in its map region",
-                 "modality_disagreement": "modality disagreement", "prediction_spread": "prediction spread (σ/MAE)"}
-
-
-def column_title(column: str) -> str:
-    """The header a person reads for a table column: a property with its unit, level of theory and source
-    (conventions.label_title), else a plain name for the app's own columns, else the column name."""
-    return label_title(column) if column in LABELS else COLUMN_TITLES.get(column, column)
-
-
-# ---- process-wide loaders (pn.cache: opened once per server process) ------------------------------
-@pn.cache(max_items=2)
-def open_dataset(path: str):
-    """Opened (and checksum-verified) once per server process."""
-    return load_dataset(path)
-
-
-@pn.cache(max_items=2)
-def open_explorer(explore_path: str, dataset_path: str):
-    """The Explorer over ``explore_path`` (a precomputed dir or its ``explore`` folder), on the app's store."""
-    from mlcm_core.explore import Explorer
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        ex = Explorer.load(explore_path, store=open_dataset(dataset_path), export_root=EXPORT_ROOT)
-    for w in caught:
-        log.warning("%s", w.message)
-    return ex
-
-
-@pn.cache(max_items=2)
-def map_frame(explore_path: str, dataset_path: str) -> pd.DataFrame:
-    """One row per map point: id, formula, x, y and every column the map can colour by."""
-    ex = open_explorer(explore_path, dataset_path)
-    t = ex.table
-    hint = ex.density_hint()
-    f = pd.DataFrame({"id": t["id"].astype(str), "formula": t["formula"].fillna("?").astype(str),
-                      "x": t["x"].astype(np.float64), "y": t["y"].astype(np.float64)})
-    f["source"] = pd.Categorical(t["source"].fillna("unknown").astype(str))
-    f["crystal_system"] = pd.Categorical(t["crystal_system"].fillna("unknown").astype(str))
-    cov = [COVERAGE_NAMES[(int(bool(s)), int(bool(d)), int(bool(c)))]
-           for s, d, c in zip(t["has_structure"], t["has_dos"], t["has_charge_density"])]
-    f["coverage"] = pd.Categorical(cov)
-    f["disagreement"] = hint.disagreement.to_numpy(np.float64)
-    f["region_count"] = hint.region_count.to_numpy(np.float64)
-    f["prediction_spread"] = hint.prediction_spread.to_numpy(np.float64)
-    for c in property_columns(t):
-        f[c] = pd.to_numeric(t[c], errors="coerce").astype(np.float64)
-    f["elements"] = [tuple(e) if e is not None and not isinstance(e, float) else () for e in t["elements"]]
-    return f
-
-
-def property_columns(table: pd.DataFrame) -> list[str]:
-    """Label columns (conventions.LABELS) with at least one numeric value."""
-    out = []
-    for c in LABELS:
-        if c in table:
-            v = pd.to_numeric(table[c], errors="coerce")
-            if v.notna().any():
-                out.append(c)
-    return out
-
-
-# the map's layers (AppState.layers): real materials, and each hypothetical set by the store's `source`
-MAP_LAYERS = {"real": "real materials (Materials Project)", "perov_5": "hypothetical: perov_5 (CDVAE)",
-              "carbon_24": "hypothetical: carbon_24 (CDVAE)"}
-HYPOTHETICAL_SOURCES = {"cdvae-perov_5": "perov_5", "cdvae-carbon_24": "carbon_24"}
-
-
-def map_layer(source: str) -> str:
-    """The map layer (a MAP_LAYERS key) of a store ``source``: its hypothetical set, else "real"."""
-    return HYPOTHETICAL_SOURCES.get(str(source), "real")
-
-
-@pn.cache(max_items=2)
-def map_layers(explore_path: str, dataset_path: str) -> np.ndarray:
-    """The map layer of each map point (map_frame rows, in order)."""
-    src = map_frame(explore_path, dataset_path)["source"]
-    return np.asarray(src.astype(str).map(map_layer).to_numpy(), dtype=object)
-
-
-@pn.cache(max_items=2)
-def map_clusters(explore_path: str, dataset_path: str) -> pd.DataFrame:
-    """The map's labelled clusters (``Explorer.map_clusters``: the core's, cached on disk)."""
-    return open_explorer(explore_path, dataset_path).map_clusters()
-
+from app.inputs import MAX_UPLOAD_BYTES, UserError, element_symbols, formula_of_file, split_csv_header, upload_file_name
+from app.loaders import (DEFAULT_DATASET, DEFAULT_EXPLORE, MAP_LAYERS, browse_base, ids_having, indexed_table,
+                         map_clusters, map_frame, map_layer, map_layers, open_dataset, open_explorer, property_columns)
+from app.logs import log
+from mlcm_core.data.conventions import LABELS, label_title
 
 # what a search depends on besides its target (AppState.query_inputs): a change marks the candidates stale
 QUERY_INPUTS = ("target", "placed", "k", "gallery", "range_column", "range_min", "range_max", "include_unknown",
                 "elements_include", "elements_exclude", "sources")
+
 # what AppState.reset leaves as it is (every other parameter goes back to its default)
 RESET_KEEPS = ("name", "dataset_path", "explore_path", "busy", "message", "message_level", "resets")
+
 QUERY_KINDS = {"dos": "DOS", "structure": "uploaded structure", "material_id": "similar to a material"}
-_WARM = {"started": False, "done": {}, "lock": threading.Lock()}
+
 QUERY_CACHE_SIZE = 64
+
 TOAST_MS = {"warning": 6000, "error": 10000}  # AppState.notify: toast levels and how long each stays
+
 _QUERY_CACHE: OrderedDict = OrderedDict()  # query key -> candidates (AppState.run_query)
+
 _QUERY_LOCK = threading.Lock()
-
-
-def warm_up(explore_path: str, dataset_path: str, background: bool = True) -> dict[str, float]:
-    """Do the slow first calls once per process: store, Explorer, map, clusters (synchronously, the first
-    paint needs them), then the query model, the placement kernels and crystal_toolkit (``warm_background``).
-
-    With ``background`` the second part starts in a thread once the calling session's page has loaded in the
-    browser (``pn.state.onload``; at once outside a served session): started earlier, its imports compete
-    for the interpreter with building and sending the first page (cold start 18 s -> see docs/app.md).
-    """
-    timings: dict[str, float] = _WARM["done"]
-    with _WARM["lock"]:
-        first = not _WARM["started"]
-        _WARM["started"] = True
-    if first:
-        for name, fn in (("dataset", lambda: open_dataset(dataset_path)),
-                         ("explorer", lambda: open_explorer(explore_path, dataset_path)),
-                         ("map", lambda: map_frame(explore_path, dataset_path)),
-                         ("clusters", lambda: map_clusters(explore_path, dataset_path))):
-            t = time.perf_counter()
-            fn()
-            timings[name] = time.perf_counter() - t
-        log.info("warm-up (first page) done: %s", {k: round(v, 2) for k, v in timings.items()})
-    if not background:
-        warm_background(explore_path, dataset_path, thread=False)
-    elif pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-        pn.state.onload(lambda: warm_background(explore_path, dataset_path))
-    else:
-        warm_background(explore_path, dataset_path)
-    return timings
-
-
-def warm_background(explore_path: str, dataset_path: str, thread: bool = True) -> None:
-    """The query model, the placement kernels and crystal_toolkit, once per process (in a thread)."""
-    with _WARM["lock"]:
-        if _WARM.get("background_started"):
-            return
-        _WARM["background_started"] = True
-    timings: dict[str, float] = _WARM["done"]
-
-    def slow() -> None:
-        ex = open_explorer(explore_path, dataset_path)
-        steps = [("query_model", lambda: ex.query(material_id=str(ex.table["id"].iloc[0]), k=5)),
-                 ("dos_query", lambda: ex.query(dos=(np.array([-5.0, 0.0, 5.0]), np.array([1.0, 2.0, 1.0])), k=5))]
-        st = ex.table.loc[ex.table["has_structure"].fillna(False).astype(bool), "id"]
-        if len(st):
-            s = open_dataset(dataset_path).structure(str(st.iloc[0]))
-            steps.append(("place", lambda: ex.place(s)))
-        steps.append(("crystal_toolkit", _import_crystal_toolkit))
-        for name, fn in steps:
-            t = time.perf_counter()
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - warm-up must never take the server down
-                log.warning("warm-up step %s failed:\n%s", name, traceback.format_exc())
-            timings[name] = time.perf_counter() - t
-        _WARM["background_done"] = True
-        log.info("warm-up (background) done: %s", {k: round(v, 2) for k, v in timings.items()})
-
-    if thread:
-        threading.Thread(target=slow, name="mlcm-warm-up", daemon=True).start()
-    else:
-        slow()
-
-
-def _import_crystal_toolkit() -> None:
-    import crystal_toolkit  # noqa: F401  (patches StructureGraph.get_scene)
-
-
-# ---- errors shown in the page -------------------------------------------------------------------
-class UserError(ValueError):
-    """Bad input from the user; the message is shown as is."""
-
 
 def guarded(action: str):
     """Decorator for view callbacks: any exception becomes a message in the page, never a broken session."""
@@ -250,7 +65,6 @@ def guarded(action: str):
                 return None
         return wrapper
     return deco
-
 
 class AppState(param.Parameterized):
     """Per-session state. Views watch these parameters; the heavy data behind them is shared."""
@@ -342,11 +156,11 @@ class AppState(param.Parameterized):
 
     @property
     def indexed(self) -> pd.DataFrame:
-        return _indexed(self.dataset_path)
+        return indexed_table(self.dataset_path)
 
     def browse_table(self, ids: list[str] | None = None) -> pd.DataFrame:
         """The columns a scientist scans first: identity, symmetry, modalities, split, labels."""
-        base = _browse_base(self.dataset_path)
+        base = browse_base(self.dataset_path)
         return (base if ids is None else base.reindex(ids)).reset_index()  # a selection keeps its order
 
     def label_card(self, material_id: str) -> pd.DataFrame:
@@ -529,8 +343,8 @@ class AppState(param.Parameterized):
         if self.range_column != "(none)" and (self.range_min is not None or self.range_max is not None):
             ranges[self.range_column] = (self.range_min, self.range_max)
             unknown[self.range_column] = self.include_unknown
-        inc = _symbols(self.elements_include)
-        exc = _symbols(self.elements_exclude)
+        inc = element_symbols(self.elements_include)
+        exc = element_symbols(self.elements_exclude)
         unknown["elements"] = self.include_unknown
         sources = list(self.sources) if self.sources else None
         f = Filters.build(ranges, include_unknown=unknown, elements_include=inc, elements_exclude=exc, sources=sources)
@@ -704,7 +518,7 @@ class AppState(param.Parameterized):
             import tempfile
 
             with tempfile.TemporaryDirectory(prefix="mlcm-upload-") as d:
-                path = Path(d) / _upload_name(self.placed["name"])
+                path = Path(d) / upload_file_name(self.placed["name"])
                 path.write_text(self.placed["text"], encoding="utf-8")
                 return self.run_query(f"uploaded structure {self.placed['name']} ({self.placed['formula']})",
                                       structure=path)
@@ -741,16 +555,11 @@ class AppState(param.Parameterized):
 
     def set_target(self, label: str, x: Any, y: Any) -> dict:
         """A target DOS given as a curve (x in eV, y >= 0); validated and resampled by the core's rules."""
-        from mlcm_core.explore import resample_polyline
+        from mlcm_core.explore import target_dos
 
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
-        if len(x) == len(DOS_ENERGIES) and np.allclose(x, DOS_ENERGIES):
-            dos = np.asarray(y, dtype=np.float32)
-            if not np.all(np.isfinite(dos)) or np.any(dos < 0) or not np.any(dos > 0):
-                raise UserError("the DOS must be finite, >= 0 and not zero everywhere")
-        else:
-            dos = resample_polyline(x, y)  # DrawnDOSError (a ValueError) says what is wrong
+        dos = target_dos(x, y)  # the core's one check; a DrawnDOSError (a ValueError) says what is wrong
         target = {"label": label, "x": x.tolist(), "y": y.tolist(), "dos": dos.tolist()}
         self.param.update(target=target, validation=None)
         return target
@@ -758,9 +567,10 @@ class AppState(param.Parameterized):
     def query_target(self) -> pd.DataFrame:
         if not self.target:
             raise UserError("no target DOS yet: draw one, load a material's DOS or upload a CSV")
+        from mlcm_core.explore import on_dos_grid
+
         x, y = np.asarray(self.target["x"]), np.asarray(self.target["y"])
-        dos = np.asarray(self.target["dos"], np.float32) if len(x) == len(DOS_ENERGIES) and np.allclose(x, DOS_ENERGIES) \
-            else (x, y)
+        dos = np.asarray(self.target["dos"], np.float32) if on_dos_grid(x) else (x, y)  # a polyline is recorded as drawn
         return self.run_query(self.target_origin(), dos=dos)
 
     def place_upload(self, data: bytes, filename: str = "upload.cif") -> dict:
@@ -772,13 +582,13 @@ class AppState(param.Parameterized):
         if len(data) > MAX_UPLOAD_BYTES:
             raise UserError(f"{filename} is {len(data) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB")
         with tempfile.TemporaryDirectory(prefix="mlcm-upload-") as d:
-            path = Path(d) / _upload_name(filename)
+            path = Path(d) / upload_file_name(filename)
             path.write_bytes(data)
             try:
                 x, y = self.explorer.place(path)  # the core's structure-file reader: limits and clear errors
             except (ValueError, OSError) as e:
                 raise UserError(f"cannot place {filename}: {e}".replace(str(path), filename)) from e
-            formula = _formula_of(path)
+            formula = formula_of_file(path)
             preds, _ = self.predictions(structure=path)
             placed = {"name": filename, "formula": formula, "x": x, "y": y, "text": data.decode("utf-8", "replace"),
                       "predictions": None if preds is None else preds.to_dict("records")}
@@ -838,115 +648,14 @@ class AppState(param.Parameterized):
             table_csv.unlink()
         return path
 
-
-@pn.cache(max_items=2)
-def _indexed(dataset_path: str) -> pd.DataFrame:
-    """The store table by id, without the structure JSON (half its memory; structures come from the store)."""
-    return open_dataset(dataset_path).table.drop(columns=["structure_json"], errors="ignore").set_index("id")
-
-
-@pn.cache(max_items=2)
-def _browse_base(dataset_path: str) -> pd.DataFrame:
-    """browse_table's columns, indexed by id for selections (built once per store and process: a lasso
-    re-reads only its rows)."""
-    t = _indexed(dataset_path)  # the table by id, already held per process
-    labels = [c for c in LABELS if c in t and pd.to_numeric(t[c], errors="coerce").notna().any()]
-    return t[[c for c in TABLE_COLUMNS if c != "id"] + labels]
-
-
-@pn.cache(max_items=8)
-def ids_having(dataset_path: str, column: str) -> frozenset[str]:
-    """Ids whose boolean ``column`` (has_dos, has_structure, ...) is true: set lookups for long selections."""
-    t = _indexed(dataset_path)
-    return frozenset(t.index[t[column].fillna(False).astype(bool)].astype(str))
-
-
-def element_symbol(text: str) -> str:
-    """``text`` as an element symbol ("fe" -> "Fe"); UserError when it is none."""
-    from pymatgen.core.periodic_table import Element
-
-    tok = text.strip()
-    tok = tok[:1].upper() + tok[1:].lower()
-    if not Element.is_valid_symbol(tok):
-        raise UserError(f"unknown element symbol {tok!r}")
-    return tok
-
-
-def _symbols(text: str) -> list[str]:
-    return [element_symbol(tok) for tok in text.replace(";", ",").replace(" ", ",").split(",") if tok.strip()]
-
-
 def _digest(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()
-
 
 def _curve_digest(target: dict | None) -> tuple | None:
     """What identifies a target DOS: its label and its values (two strokes are both labelled "drawn")."""
     if not target:
         return None
     return target.get("label"), hashlib.sha1(np.asarray(target["dos"], np.float64).tobytes()).hexdigest()
-
-
-def _upload_name(filename: str) -> str:
-    """A safe temporary file name that keeps what the structure reader needs (suffix or POSCAR stem)."""
-    base = Path(filename).name
-    if base.upper().startswith(("POSCAR", "CONTCAR")):
-        return "POSCAR"
-    suffix = Path(base).suffix.lower()
-    return "upload" + (suffix if suffix in (".cif", ".vasp", ".poscar") else ".cif")
-
-
-def _formula_of(path: Path) -> str:
-    try:
-        from pymatgen.core import Structure
-
-        return Structure.from_file(path).composition.reduced_formula
-    except Exception:  # noqa: BLE001 - only for display
-        return "?"
-
-
-def parse_dos_csv(data: bytes, filename: str = "dos.csv") -> tuple[np.ndarray, np.ndarray]:
-    """Two columns (energy in eV, DOS >= 0) from a CSV/whitespace text file; header lines are skipped."""
-    if not data:
-        raise UserError(f"{filename} is empty")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise UserError(f"{filename} is {len(data) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{filename} is not a text file") from e
-    xs, ys = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = [p for p in line.replace(";", ",").replace("\t", ",").replace(" ", ",").split(",") if p]
-        try:
-            vals = [float(p) for p in parts[:2]]
-        except ValueError:
-            if not xs:  # a header line
-                continue
-            raise UserError(f"{filename} line {n}: not two numbers: {line[:60]!r}") from None
-        if len(vals) < 2:
-            raise UserError(f"{filename} line {n}: expected two columns (energy, DOS)")
-        xs.append(vals[0])
-        ys.append(vals[1])
-    if len(xs) < 2:
-        raise UserError(f"{filename}: need at least 2 rows of (energy eV, DOS)")
-    return np.asarray(xs), np.asarray(ys)
-
-
-def split_csv_header(path: Path) -> Path:
-    """Move the core CSV export's first line (``# mlcm-export v1 {JSON header}``, which ``pandas.read_csv``
-    reads as a 1-row table of garbage) into ``<name>.query.json``; returns that file. The table stays as the
-    core wrote it, byte for byte."""
-    first, _, body = path.read_text(encoding="utf-8").partition("\n")
-    header = json.loads(first[first.index("{"):])
-    sidecar = path.with_name(path.name.removesuffix(".csv") + ".query.json")
-    sidecar.write_text(json.dumps(header, indent=1), encoding="utf-8")
-    path.write_text(body, encoding="utf-8")
-    return sidecar
-
 
 def debug_json(state: AppState) -> str:
     """What the browser tests read back: the polygon the app received and what it selected/found."""
