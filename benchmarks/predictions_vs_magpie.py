@@ -108,14 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         per_seed = []
         for seed in args.seeds:
             magpie = cached_json(args.cache / f"magpie-{target}-{seed}.json",
-                                 {"shards": shards, "target": target, "seed": seed, "n_estimators": 300},
+                                 {"shards": shards, "target": repr(resolve_target(target)), "seed": seed,
+                                  "n_estimators": 300},
                                  lambda s=seed: magpie_rf_baseline(store, [target], seed=s, n_estimators=300,
                                                                    n_jobs=args.n_jobs)[target])
             if args.magpie_only:
                 print(f"{target} seed {seed}: magpie {magpie['test_mae']:.4g}", flush=True)
                 continue
             classical = cached_json(args.cache / f"classical-{target}-{seed}.json",
-                                    {"shards": shards, "target": target, "seed": seed, "config": repr(config),
+                                    {"shards": shards, "target": repr(resolve_target(target)), "seed": seed,
+                                     "config": repr(config),
                                      "gnn": manifest["files"].get(f"{target}/model-0/model.safetensors")},
                                     lambda s=seed: _classical(store, args.heads, target, s, config,
                                                               args.descriptor_cache))

@@ -650,10 +650,10 @@ def build_parser() -> argparse.ArgumentParser:
     heads = sub.add_parser("heads", help="property heads (fine-tuned ensembles) for predictions").add_subparsers(
         dest="heads_command", required=True)
     p = heads.add_parser("build", help="fine-tune an ensemble per target (resumable) and write the heads folder")
-    p.add_argument("--pretrained", type=Path, default=Path("precomputed/checkpoint"),
-                   help="pre-trained checkpoint whose crystal encoder is fine-tuned; 'none': train from scratch "
-                        "(configs/heads_scratch.yaml)")
-    p.add_argument("--config", type=Path, default=Path("configs/heads_cpu.yaml"))
+    p.add_argument("--pretrained", type=Path, default=Path("none"),
+                   help="'none' (default, what ships): train from scratch; or a pre-trained checkpoint whose "
+                        "crystal encoder is fine-tuned (e.g. precomputed/checkpoint with configs/heads_cpu.yaml)")
+    p.add_argument("--config", type=Path, default=Path("configs/heads_scratch.yaml"))
     p.add_argument("--store", type=Path, default=DEFAULT_STORE)
     p.add_argument("--runs", type=Path, default=Path("var/runs/heads"), help="fine-tuning runs, one folder per target")
     p.add_argument("--out", type=Path, default=Path("precomputed/heads"))
