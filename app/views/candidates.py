@@ -39,6 +39,16 @@ class ExportDownload(pn.widgets.FileDownload):
         super()._sync_data(fileobj)
 
 
+TEXT_COLUMNS = ("id", "formula", "source", "spacegroup_symbol", "crystal_system")
+
+
+def _dtype(column: str) -> type | str:
+    """The candidates table's dtype of ``column``: text, a modality flag, or a number."""
+    if column in TEXT_COLUMNS:
+        return object
+    return bool if column.startswith("has_") else "float64"
+
+
 class CandidatesView(pn.viewable.Viewer):
     """The last query's candidates; clicking a row focuses the material."""
 
@@ -64,15 +74,21 @@ class CandidatesView(pn.viewable.Viewer):
             for fmt, suffix in FORMATS.items()]
 
     def shown(self, df: pd.DataFrame | None) -> pd.DataFrame:
-        """The columns shown: always the same ones (identity, scores, every label column of the store), so
-        the table's column models are built once per session, not again on every search."""
-        cols = [c for c in SHOWN if df is None or c in df.columns]
+        """The columns shown: always the same ones (identity, every score, every label column of the store;
+        a score the search did not produce stays blank), so the table's column models are built once per
+        session. Changing the columns between searches (an empty table had 4) left Panel's paged table
+        empty after Reset or Clear target: the next search's title said 25 candidates, its table 0 rows."""
         labels = [c for c in self.state.param.range_column.objects if c.endswith(("_pbe", "_gllbsc", "_rpbe"))]
+        cols = [*SHOWN, *labels]
         if df is None or df.empty:
-            return pd.DataFrame({c: [] for c in ["rank", "id", "formula", "score"]})
+            return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in cols})
         bare = df.copy(deep=False)
         bare.attrs = {}  # the query (with a 601-point target DOS) would be deep-copied by every pandas step below
-        return bare.reindex(columns=cols + labels).round(4)
+        bare = bare.reindex(columns=cols)
+        # one dtype per column whatever the search (a float "id" column of the empty table showed "NaN" after it)
+        return pd.DataFrame({c: bare[c].astype(object) if _dtype(c) is object
+                             else bare[c].fillna(False).astype(bool) if _dtype(c) is bool
+                             else pd.to_numeric(bare[c], errors="coerce").astype("float64").round(4) for c in cols})
 
     def titles(self) -> dict[str, str]:
         """Header text per column: properties with unit, level of theory and source, never a raw column name."""

@@ -132,6 +132,18 @@ def deep_text(page, css_class: str) -> list[str]:
     return page.evaluate(DEEP_TEXT_JS, css_class)
 
 
+def poll(read, predicate, what: str, timeout_s: float = LONG / 1000, interval_s: float = 0.25):
+    """``read()`` again every ``interval_s`` until ``predicate`` holds for it; return it, else fail naming ``what``."""
+    deadline = time.time() + timeout_s
+    last = None
+    while time.time() < deadline:
+        last = read()
+        if predicate(last):
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"{what}; last: {last}")
+
+
 def wait_for_text(page, css_class: str, predicate, timeout_s: float = LONG / 1000) -> str:
     """Poll the text of the first element with ``css_class`` until ``predicate(text)``; return it."""
     deadline = time.time() + timeout_s

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import time
 
-from tests.browser.conftest import (LONG, ROOT, app_debug, data_to_px, deep_text, drag, plot_frame, wait_for_debug,
-                                    wait_for_text)
+from tests.browser.conftest import (LONG, ROOT, app_debug, data_to_px, deep_text, drag, plot_frame, poll,
+                                    table_ids, wait_for_debug, wait_for_text)
 
 CANDIDATE_COLOURS = {"#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"}
 STALE = "stale — search again"
@@ -63,14 +63,7 @@ def _glyphs(page) -> dict[str, int]:
 
 
 def _wait_glyphs(page, predicate, timeout_s: float = LONG / 1000) -> dict[str, int]:
-    deadline = time.time() + timeout_s
-    last = None
-    while time.time() < deadline:
-        last = _glyphs(page)
-        if predicate(last):
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"the target plot never held the expected curves; last: {last}")
+    return poll(lambda: _glyphs(page), predicate, "the target plot never held the expected curves", timeout_s)
 
 
 def _query_text(page, predicate) -> str:
@@ -211,3 +204,8 @@ def test_reset_returns_the_session_to_its_initial_state(page, tmp_path):
     # the same file uploaded again is a new upload
     page.locator(".mlcm-cif-upload input[type=file]").set_input_files(str(cif))
     wait_for_debug(page, lambda d: d.get("placed") is not None)
+    # ... and its candidates fill the table's rows (after Reset the paged table once stayed empty: title 25, rows 0)
+    cand = wait_for_debug(page, lambda d: d["n_candidates"] > 0 and d.get("placed") is not None)["candidate_ids"]
+    rows = poll(lambda: table_ids(page, "mlcm-candidates"), lambda ids: len(ids) > 0,
+                "the candidates table stayed empty after Reset", timeout_s=60)
+    assert rows == cand[: len(rows)] and len(rows) == min(15, len(cand))

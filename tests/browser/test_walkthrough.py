@@ -34,6 +34,7 @@ from tests.browser.conftest import (
     deep_text,
     drag,
     plot_frame,
+    poll,
     table_ids,
     wait_for_debug,
     wait_for_map,
@@ -188,14 +189,7 @@ def _ellipse_px(frame, cx: float, cy: float, radius_px: float, n: int = 40) -> l
 
 
 def _wait_frame(page, predicate, timeout_s: float = LONG / 1000) -> dict:
-    deadline = time.time() + timeout_s
-    frame = None
-    while time.time() < deadline:
-        frame = wait_for_map(page)
-        if predicate(frame):
-            return frame
-        time.sleep(0.5)
-    raise AssertionError(f"the map never showed the expected view; last frame: {frame}")
+    return poll(lambda: wait_for_map(page), predicate, "the map never showed the expected view", timeout_s, 0.5)
 
 
 def _until(predicate, what: str, timeout_s: float = LONG / 1000) -> None:
