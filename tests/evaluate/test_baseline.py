@@ -31,7 +31,12 @@ def test_rows_are_finetunes_rows(default_store, target):
         np.testing.assert_array_equal(y, ft_y)
         # the rows are this split's structures with a value, the value transformed as the target says
         rows = t[(t["split"] == split) & t["has_structure"].fillna(False).astype(bool)]
-        want, keep = spec.apply(rows[spec.column].to_numpy(dtype=np.float64, na_value=np.nan))
+        values = rows[spec.column].astype(float)
+        if split == "train":  # TargetSpec.train_fill: training rows of the named sources without a value
+            for column in spec.train_fill:
+                values = values.where(values.notna() | ~rows["source"].isin(spec.train_fill_sources),
+                                      rows[column].astype(float))
+        want, keep = spec.apply(values.to_numpy(dtype=np.float64, na_value=np.nan))
         assert set(ids) == set(rows.index[keep]) and np.all(np.isfinite(y))
         np.testing.assert_allclose(y, pd.Series(want[keep], index=rows.index[keep]).loc[ids].to_numpy())
 
