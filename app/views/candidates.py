@@ -42,11 +42,13 @@ class ExportDownload(pn.widgets.FileDownload):
 TEXT_COLUMNS = ("id", "formula", "source", "spacegroup_symbol", "crystal_system")
 
 
-def _dtype(column: str) -> type | str:
-    """The candidates table's dtype of ``column``: text, a modality flag, or a number."""
+def _as_column(values: pd.Series, column: str) -> pd.Series:
+    """``values`` in the candidates table's one dtype for ``column``: text, a modality flag, or a number."""
     if column in TEXT_COLUMNS:
-        return object
-    return bool if column.startswith("has_") else "float64"
+        return values.astype(object)
+    if column.startswith("has_"):
+        return values.fillna(False).astype(bool)
+    return pd.to_numeric(values, errors="coerce").astype("float64").round(4)
 
 
 class CandidatesView(pn.viewable.Viewer):
@@ -80,15 +82,12 @@ class CandidatesView(pn.viewable.Viewer):
         empty after Reset or Clear target: the next search's title said 25 candidates, its table 0 rows."""
         labels = [c for c in self.state.param.range_column.objects if c.endswith(("_pbe", "_gllbsc", "_rpbe"))]
         cols = [*SHOWN, *labels]
-        if df is None or df.empty:
-            return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in cols})
-        bare = df.copy(deep=False)
+        bare = pd.DataFrame() if df is None else df.copy(deep=False)
         bare.attrs = {}  # the query (with a 601-point target DOS) would be deep-copied by every pandas step below
         bare = bare.reindex(columns=cols)
-        # one dtype per column whatever the search (a float "id" column of the empty table showed "NaN" after it)
-        return pd.DataFrame({c: bare[c].astype(object) if _dtype(c) is object
-                             else bare[c].fillna(False).astype(bool) if _dtype(c) is bool
-                             else pd.to_numeric(bare[c], errors="coerce").astype("float64").round(4) for c in cols})
+        # one dtype per column whatever the search, empty or not (a float "id" column of the empty table showed
+        # "NaN" after a search)
+        return pd.DataFrame({c: _as_column(bare[c], c) for c in cols}, index=bare.index)
 
     def titles(self) -> dict[str, str]:
         """Header text per column: properties with unit, level of theory and source, never a raw column name."""

@@ -37,7 +37,8 @@ from mlcm_core.featurize.dataset import MultimodalBatch, MultimodalDataset, coll
 from mlcm_core.io import atomic_write_text
 from mlcm_core.models.crystal import CrystalEncoder, CrystalEncoderConfig
 from mlcm_core.models.multimodal import MultimodalConfig
-from mlcm_core.models.checkpoint import load_state_dict_checked, load_weights, read_checkpoint_info, save_checkpoint
+from mlcm_core.models.checkpoint import (META_FILE, load_checkpoint, load_state_dict_checked, load_weights,
+                                         read_checkpoint_info, save_checkpoint)
 from mlcm_core.train.config import FinetuneConfig
 from mlcm_core.train.pretrain import _open_store, param_groups
 from mlcm_core.train.schedule import warmup_cosine_schedule
@@ -293,8 +294,6 @@ def _finished_member(path: Path, config: FinetuneConfig, enc_cfg: CrystalEncoder
     Why: an ensemble of from-scratch members takes hours on 2 cores, longer than a session; each finished member
     is kept. One saved by a different config, target or training-row statistics is an error, not reused.
     """
-    from mlcm_core.models.checkpoint import META_FILE, load_checkpoint, read_checkpoint_info
-
     if not (path / META_FILE).exists():
         return None
     info = read_checkpoint_info(path)
